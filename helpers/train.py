@@ -1,0 +1,206 @@
+"""One training loop for every notebook: AdamW, warm-up then cosine decay, gradient clipping,
+periodic evaluation, a progress bar, and a history that plots as loss curves."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import get_device
+
+
+@dataclass
+class History:
+    """What :func:`fit` measured. ``train_loss`` is averaged over each evaluation interval."""
+
+    step: list[int] = field(default_factory=list)
+    train_loss: list[float] = field(default_factory=list)
+    val_loss: list[float] = field(default_factory=list)
+    lr: list[float] = field(default_factory=list)
+    seconds: list[float] = field(default_factory=list)
+    metrics: dict[str, list[float]] = field(default_factory=dict)
+    steps_done: int = 0
+
+    @property
+    def final_val_loss(self) -> float:
+        return self.val_loss[-1] if self.val_loss else float("nan")
+
+    def plot(self, ax=None, label: str = "", **kwargs):
+        from .plotting import plot_history
+
+        return plot_history({label: self} if label else self, ax=ax, **kwargs)
+
+
+def lr_at(step: int, total: int, lr: float, warmup: int, min_lr: float) -> float:
+    """Linear warm-up for ``warmup`` steps, then cosine decay from ``lr`` to ``min_lr`` at ``total``."""
+    if step < warmup:
+        return lr * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_lr + 0.5 * (lr - min_lr) * (1 + math.cos(math.pi * progress))
+
+
+def cross_entropy_loss(model: nn.Module, batch) -> torch.Tensor:
+    """Default loss: ``batch = (inputs, targets)``, logits ``(..., V)`` against targets ``(...)``.
+    Targets equal to -100 are ignored (padding, prompt positions)."""
+    x, y = batch
+    logits = model(x)
+    return F.cross_entropy(logits.reshape(-1, logits.size(-1)).float(), y.reshape(-1), ignore_index=-100)
+
+
+def to_device(batch, device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(b, device) for b in batch)
+    return batch
+
+
+def _batches(data) -> Callable[[int], object]:
+    """A callable ``step -> batch`` from a callable, or from an iterable cycled epoch after epoch."""
+    if callable(data) and not isinstance(data, Iterable):
+        return data
+    state = {"it": iter(data)}
+
+    def next_batch(_step):
+        try:
+            return next(state["it"])
+        except StopIteration:
+            state["it"] = iter(data)
+            return next(state["it"])
+
+    return next_batch
+
+
+def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9, 0.95)):
+    """AdamW with weight decay on matrices only (not on biases, norms or 1-d parameters)."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    decay = [p for p in params if p.dim() >= 2]
+    no_decay = [p for p in params if p.dim() < 2]
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = all(p.is_cuda for p in params)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data, loss_fn=cross_entropy_loss, max_batches: int | None = None,
+             device=None, autocast_dtype=None) -> float:
+    """Mean loss over the batches of ``data`` (an iterable, or a callable ``i -> batch``)."""
+    device = device or next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    if callable(data) and not isinstance(data, Iterable):
+        get_batch = data
+        data = (get_batch(i) for i in range(max_batches or 1))
+    losses = []
+    for batch in itertools.islice(data, max_batches):
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            losses.append(loss_fn(model, to_device(batch, device)).item())
+    model.train(was_training)
+    return sum(losses) / len(losses)
+
+
+def fit(
+    model: nn.Module,
+    train_data,
+    *,
+    steps: int,
+    lr: float = 3e-4,
+    val_data=None,
+    loss_fn: Callable = cross_entropy_loss,
+    warmup: int | None = None,
+    min_lr: float | None = None,
+    weight_decay: float = 0.1,
+    betas=(0.9, 0.95),
+    grad_clip: float | None = 1.0,
+    eval_every: int | None = None,
+    eval_batches: int = 20,
+    metrics: dict[str, Callable[[nn.Module], float]] | None = None,
+    time_limit: float | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    device=None,
+    progress: bool = True,
+    optimizer: torch.optim.Optimizer | None = None,
+) -> History:
+    """Train ``model`` for ``steps`` optimizer steps and return its :class:`History`.
+
+    train_data / val_data: an iterable of batches (a ``DataLoader``; cycled) or a callable
+    ``step -> batch``. ``loss_fn(model, batch)`` returns a scalar loss. ``metrics`` are extra
+    functions of the model evaluated with the validation loss (e.g. accuracy).
+    ``time_limit`` (seconds) ends training early; the learning-rate schedule then follows
+    whichever of steps or time is further along, so the decay still completes.
+    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass in mixed precision.
+    """
+    device = torch.device(device) if device else get_device()
+    model.to(device).train()
+    warmup = steps // 20 if warmup is None else warmup
+    min_lr = lr / 10 if min_lr is None else min_lr
+    eval_every = eval_every or max(1, steps // 10)
+    optimizer = optimizer or make_optimizer(model, lr, weight_decay, betas)
+    next_batch = _batches(train_data)
+    history = History()
+    metrics = metrics or {}
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=steps, desc="training", leave=True)
+
+    start, window = time.perf_counter(), []
+    for step in range(steps):
+        elapsed = time.perf_counter() - start
+        fraction = max(step / steps, elapsed / time_limit if time_limit else 0.0)
+        rate = lr_at(int(fraction * steps), steps, lr, warmup, min_lr)
+        for group in optimizer.param_groups:
+            group["lr"] = rate
+
+        batch = to_device(next_batch(step), device)
+        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            loss = loss_fn(model, batch)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        optimizer.step()
+        window.append(loss.item())
+        history.steps_done = step + 1
+
+        out_of_time = time_limit is not None and time.perf_counter() - start >= time_limit
+        last = step == steps - 1 or out_of_time
+        if (step + 1) % eval_every == 0 or last:
+            history.step.append(step + 1)
+            history.train_loss.append(sum(window) / len(window))
+            history.lr.append(rate)
+            window = []
+            if val_data is not None:
+                history.val_loss.append(evaluate(model, val_data, loss_fn, eval_batches, device, autocast_dtype))
+            for name, fn in metrics.items():
+                was_training = model.training
+                model.eval()
+                with torch.no_grad():
+                    history.metrics.setdefault(name, []).append(float(fn(model)))
+                model.train(was_training)
+            history.seconds.append(time.perf_counter() - start)
+            if bar is not None:
+                shown = {"train": f"{history.train_loss[-1]:.3f}"}
+                if history.val_loss:
+                    shown["val"] = f"{history.val_loss[-1]:.3f}"
+                shown.update({k: f"{v[-1]:.3f}" for k, v in history.metrics.items()})
+                bar.set_postfix(shown)
+        if bar is not None:
+            bar.update(1)
+        if out_of_time:
+            break
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return history
