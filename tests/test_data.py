@@ -1,0 +1,141 @@
+import gzip
+import hashlib
+import http.server
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import data
+
+
+@pytest.fixture
+def dirs(tmp_path, monkeypatch):
+    cache, mirror = tmp_path / "cache", tmp_path / "mirror"
+    cache.mkdir()
+    mirror.mkdir()
+    monkeypatch.setenv("TFS_DATA_DIR", str(cache))
+    monkeypatch.setenv("TFS_DATA_MIRROR", str(mirror))
+    monkeypatch.delenv("TFS_OFFLINE", raising=False)
+    data._verified.clear()
+    return cache, mirror
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A real HTTP server on 127.0.0.1 serving tmp_path/www."""
+    root = tmp_path / "www"
+    root.mkdir()
+    handler = lambda *a, **kw: http.server.SimpleHTTPRequestHandler(*a, directory=str(root), **kw)
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.RequestHandlerClass.log_message = lambda *a: None
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    yield root, f"http://127.0.0.1:{httpd.server_address[1]}"
+    httpd.shutdown()
+
+
+PAYLOAD = b"to be, or not to be\n" * 100
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def remote(url="http://127.0.0.1:9/none", gunzip=False, sha=SHA):
+    return data.RemoteFile("toy/text.txt", url, sha, gunzip=gunzip)
+
+
+def test_cache_hit(dirs, monkeypatch):
+    cache, _ = dirs
+    (cache / "toy").mkdir()
+    (cache / "toy/text.txt").write_bytes(PAYLOAD)
+    monkeypatch.setenv("TFS_OFFLINE", "1")
+    assert data.fetch_file(remote()) == cache / "toy/text.txt"
+
+
+def test_mirror_hit_is_read_in_place(dirs, monkeypatch):
+    cache, mirror = dirs
+    (mirror / "toy").mkdir()
+    (mirror / "toy/text.txt").write_bytes(PAYLOAD)
+    monkeypatch.setenv("TFS_OFFLINE", "1")
+    assert data.fetch_file(remote()) == mirror / "toy/text.txt"
+    assert not (cache / "toy").exists()  # nothing copied
+
+
+def test_damaged_mirror_is_a_clear_error(dirs):
+    _, mirror = dirs
+    (mirror / "toy").mkdir()
+    (mirror / "toy/text.txt").write_bytes(b"damaged")
+    with pytest.raises(data.ChecksumError, match="mirror"):
+        data.fetch_file(remote(), "toy")
+
+
+@pytest.mark.parametrize("gz", [False, True])
+def test_download_from_http_server(dirs, server, gz):
+    cache, _ = dirs
+    root, url = server
+    (root / "text.bin").write_bytes(gzip.compress(PAYLOAD) if gz else PAYLOAD)
+    path = data.fetch_file(remote(f"{url}/text.bin", gunzip=gz), "toy")
+    assert path == cache / "toy/text.txt"
+    assert path.read_bytes() == PAYLOAD
+    assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
+
+
+def test_corrupted_download_is_caught_and_nothing_is_saved(dirs, server):
+    cache, _ = dirs
+    root, url = server
+    (root / "text.bin").write_bytes(PAYLOAD + b"tampered")
+    with pytest.raises(data.ChecksumError, match="SHA-256"):
+        data.fetch_file(remote(f"{url}/text.bin"), "toy")
+    assert not any((cache / "toy").iterdir())
+
+
+def test_corrupted_cache_is_replaced(dirs, server):
+    cache, _ = dirs
+    root, url = server
+    (root / "text.bin").write_bytes(PAYLOAD)
+    (cache / "toy").mkdir()
+    (cache / "toy/text.txt").write_bytes(b"half a file")
+    assert data.fetch_file(remote(f"{url}/text.bin")).read_bytes() == PAYLOAD
+
+
+def test_missing_while_offline_names_dataset_places_and_remedy(dirs, monkeypatch):
+    monkeypatch.setenv("TFS_OFFLINE", "1")
+    with pytest.raises(data.DataUnavailableError) as err:
+        data.fetch_file(remote(), "toy")
+    message = str(err.value)
+    assert "toy" in message and "cache" in message and "mirror" in message
+    assert "TFS_DATA_MIRROR" in message and "TFS_OFFLINE" in message
+
+
+def test_unreachable_server_is_a_clear_error(dirs):
+    with pytest.raises(data.DataUnavailableError, match="could not download"):
+        data.fetch_file(remote("http://127.0.0.1:9/nothing-listens-here"), "toy")
+
+
+def test_unknown_dataset():
+    with pytest.raises(KeyError, match="registered"):
+        data.fetch("no-such-data")
+
+
+def test_registry_checksums_look_right():
+    for info in data.REGISTRY.values():
+        for f in info.files:
+            assert len(f.sha256) == 64 and f.url.startswith("https://"), f
+
+
+def test_tiny_shakespeare_from_mirror(mirror, monkeypatch, tmp_path):
+    monkeypatch.setenv("TFS_DATA_DIR", str(tmp_path))
+    text = data.load_tiny_shakespeare()
+    assert len(text) == 1_115_394 and text.startswith("First Citizen:")
+
+
+def test_mnist_from_mirror(mirror, monkeypatch, tmp_path):
+    monkeypatch.setenv("TFS_DATA_DIR", str(tmp_path))
+    images, labels = data.load_mnist("test")
+    assert images.shape == (10_000, 28, 28) and images.dtype == torch.uint8
+    assert labels.shape == (10_000,) and set(labels.tolist()) == set(range(10))
+    train_images, _ = data.load_mnist("train")
+    assert train_images.shape == (60_000, 28, 28)
+    assert Path(mirror, "MNIST/raw").is_dir()
+    with pytest.raises(ValueError, match="train"):
+        data.load_mnist("validation")

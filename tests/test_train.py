@@ -1,0 +1,49 @@
+import math
+
+import pytest
+import torch
+
+from helpers import GPT, TransformerConfig, evaluate, fit
+from helpers.train import lr_at
+
+
+def copy_task(step, batch=16, T=12, vocab=8):
+    """Predict the token 4 positions back: learnable only by attending to the past."""
+    g = torch.Generator().manual_seed(step)
+    seq = torch.randint(0, vocab, (batch, T + 1), generator=g)
+    seq[:, 4:] = seq[:, :-4]
+    return seq[:, :-1], seq[:, 1:]
+
+
+def test_schedule_warms_up_then_decays_to_min():
+    lrs = [lr_at(s, 100, 1.0, 10, 0.1) for s in range(101)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[10:], lrs[11:], strict=False))
+    assert lrs[100] == pytest.approx(0.1)
+
+
+def test_fit_learns_and_records_history():
+    torch.manual_seed(0)
+    model = GPT(TransformerConfig(vocab_size=8, block_size=12, n_layer=2, n_head=2, n_embd=32))
+    val = [copy_task(10_000 + i) for i in range(4)]
+    before = evaluate(model, val)
+    history = fit(model, copy_task, steps=300, lr=1e-2, warmup=10, val_data=val, eval_every=100, progress=False,
+                  metrics={"one": lambda m: 1.0})
+    assert history.step == [100, 200, 300] and len(history.val_loss) == 3
+    assert history.metrics["one"] == [1.0, 1.0, 1.0]
+    assert before > 0.9 * math.log(8)  # untrained: close to guessing among 8 tokens
+    assert history.val_loss[-1] < 0.7 * before
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert not model.training
+
+
+def test_time_limit_stops_early():
+    model = GPT(TransformerConfig(vocab_size=8, block_size=12, n_layer=1, n_head=2, n_embd=16))
+    history = fit(model, copy_task, steps=100_000, time_limit=0.5, progress=False)
+    assert 0 < history.steps_done < 100_000
+
+
+def test_bf16_autocast_runs():
+    model = GPT(TransformerConfig(vocab_size=8, block_size=12, n_layer=1, n_head=2, n_embd=16))
+    history = fit(model, copy_task, steps=5, autocast_dtype=torch.bfloat16, progress=False)
+    assert math.isfinite(history.train_loss[-1])
