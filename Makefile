@@ -30,14 +30,14 @@ lab: setup
 	$(BIN)/jupyter lab notebooks/
 
 test: setup
-	TFS_PROFILE=ci MPLBACKEND=agg $(BIN)/python -m pytest tests notebooks \
+	TFS_PROFILE=ci $(BIN)/python -m pytest tests notebooks \
 		--nbval-lax --nbval-cell-timeout=900 -p no:cacheprovider $(PYTEST_ARGS)
 
 unit: setup
 	TFS_PROFILE=ci $(BIN)/python -m pytest tests $(PYTEST_ARGS)
 
 notebooks: setup
-	TFS_PROFILE=ci MPLBACKEND=agg $(BIN)/python -m pytest notebooks --nbval-lax --nbval-cell-timeout=900 $(PYTEST_ARGS)
+	TFS_PROFILE=ci $(BIN)/python -m pytest notebooks --nbval-lax --nbval-cell-timeout=900 $(PYTEST_ARGS)
 
 lint: setup
 	$(BIN)/ruff check .

@@ -38,6 +38,7 @@ def plot_attention_heads(weights, labels=None, ncols=4, size=2.6, suptitle=None)
             plot_attention(weights[h], labels, labels if h % ncols == 0 else None, ax=ax, title=f"head {h}")
             if h % ncols:
                 ax.set_yticks([])
+                ax.set_ylabel("")
         else:
             ax.axis("off")
     if suptitle:
