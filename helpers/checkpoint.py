@@ -12,6 +12,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from .config import is_main_process
 from .data import checkpoints_dir
 
 
@@ -40,9 +41,11 @@ def save_checkpoint(model: nn.Module, name_or_path, **extra) -> Path:
     """Save ``model`` (which must have a dataclass ``.config``) and JSON-like ``extra`` values.
 
     The file is written to a temporary name in the same folder and renamed into place, so a crash
-    never leaves a half-written checkpoint.
+    never leaves a half-written checkpoint. In a distributed run only rank 0 writes.
     """
     path = checkpoint_path(name_or_path)
+    if not is_main_process():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     config = model.config
     payload = {

@@ -68,10 +68,17 @@ def get_device(prefer: str | None = None) -> torch.device:
     if choice:
         return torch.device(choice)
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        # under torchrun each process drives the GPU of its local rank
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def is_main_process() -> bool:
+    """True on rank 0 of a distributed (torchrun) run, and in every ordinary single-process run."""
+    dist = torch.distributed
+    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -62,6 +64,58 @@ def to_device(batch, device):
     if isinstance(batch, (list, tuple)):
         return type(batch)(to_device(b, device) for b in batch)
     return batch
+
+
+# --------------------------------------------------------------------------- distributed training
+
+
+def setup_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); returns (rank, world size).
+
+    Backend: NCCL on CUDA, gloo on the CPU. Outside torchrun this does nothing and returns (0, 1).
+    """
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _all_mean(values: list[float], device, world: int) -> list[float]:
+    """Average a few numbers over all ranks (a no-op in a single process)."""
+    if world == 1 or not values:
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return (t / world).tolist()
+
+
+def _all_max(value: float, device) -> float:
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.item()
+
+
+def _shard(data, rank: int, world: int):
+    """Give every rank its own part of the training data.
+
+    A ``DataLoader`` gets a ``DistributedSampler``; a callable ``step -> batch`` is called with
+    ``step * world + rank``, so a callable that derives its batch from the index sees distinct batches.
+    """
+    if world == 1:
+        return data
+    if isinstance(data, torch.utils.data.DataLoader):
+        from torch.utils.data.distributed import DistributedSampler
+
+        shuffle = isinstance(data.sampler, torch.utils.data.RandomSampler)
+        sampler = DistributedSampler(data.dataset, num_replicas=world, rank=rank, shuffle=shuffle)
+        return torch.utils.data.DataLoader(
+            data.dataset, batch_size=data.batch_size, sampler=sampler, collate_fn=data.collate_fn,
+            num_workers=data.num_workers, drop_last=data.drop_last, pin_memory=data.pin_memory,
+        )
+    if callable(data) and not isinstance(data, Iterable):
+        return lambda step: data(step * world + rank)
+    return data
 
 
 def _batches(data) -> Callable[[int], object]:
@@ -138,26 +192,36 @@ def fit(
     ``time_limit`` (seconds) ends training early; the learning-rate schedule then follows
     whichever of steps or time is further along, so the decay still completes.
     ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass in mixed precision.
+
+    Launched with ``torchrun --nproc_per_node=N``, the same call trains with DistributedDataParallel:
+    each rank sees its own shard of ``train_data``, gradients are averaged across ranks, the logged
+    losses and metrics are averaged too, and only rank 0 draws the progress bar. ``loss_fn`` must then
+    call ``model(...)`` (the wrapped model) for its forward pass.
     """
     device = torch.device(device) if device else get_device()
     model.to(device).train()
+    rank, world = setup_distributed(device)
+    train_model = model
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
     warmup = steps // 20 if warmup is None else warmup
     min_lr = lr / 10 if min_lr is None else min_lr
     eval_every = eval_every or max(1, steps // 10)
     optimizer = optimizer or make_optimizer(model, lr, weight_decay, betas)
-    next_batch = _batches(train_data)
+    next_batch = _batches(_shard(train_data, rank, world))
     history = History()
     metrics = metrics or {}
 
     bar = None
-    if progress:
+    if progress and rank == 0:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=steps, desc="training", leave=True)
 
-    start, window = time.perf_counter(), []
+    start, window, elapsed = time.perf_counter(), [], 0.0
     for step in range(steps):
-        elapsed = time.perf_counter() - start
         fraction = max(step / steps, elapsed / time_limit if time_limit else 0.0)
         rate = lr_at(int(fraction * steps), steps, lr, warmup, min_lr)
         for group in optimizer.param_groups:
@@ -165,7 +229,7 @@ def fit(
 
         batch = to_device(next_batch(step), device)
         with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            loss = loss_fn(model, batch)
+            loss = loss_fn(train_model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if grad_clip:
@@ -174,21 +238,31 @@ def fit(
         window.append(loss.item())
         history.steps_done = step + 1
 
-        out_of_time = time_limit is not None and time.perf_counter() - start >= time_limit
-        last = step == steps - 1 or out_of_time
+        last = step == steps - 1
+        if time_limit is not None:
+            elapsed = time.perf_counter() - start
+            if world > 1:  # every rank follows the slowest clock, so all stop at the same step
+                elapsed = _all_max(elapsed, device)
+            last = last or elapsed >= time_limit
         if (step + 1) % eval_every == 0 or last:
-            history.step.append(step + 1)
-            history.train_loss.append(sum(window) / len(window))
-            history.lr.append(rate)
+            logged = [sum(window) / len(window)]
             window = []
             if val_data is not None:
-                history.val_loss.append(evaluate(model, val_data, loss_fn, eval_batches, device, autocast_dtype))
-            for name, fn in metrics.items():
+                logged.append(evaluate(model, val_data, loss_fn, eval_batches, device, autocast_dtype))
+            for fn in metrics.values():
                 was_training = model.training
                 model.eval()
                 with torch.no_grad():
-                    history.metrics.setdefault(name, []).append(float(fn(model)))
+                    logged.append(float(fn(model)))
                 model.train(was_training)
+            logged = _all_mean(logged, device, world)
+            history.step.append(step + 1)
+            history.lr.append(rate)
+            history.train_loss.append(logged.pop(0))
+            if val_data is not None:
+                history.val_loss.append(logged.pop(0))
+            for name in metrics:
+                history.metrics.setdefault(name, []).append(logged.pop(0))
             history.seconds.append(time.perf_counter() - start)
             if bar is not None:
                 shown = {"train": f"{history.train_loss[-1]:.3f}"}
@@ -198,7 +272,7 @@ def fit(
                 bar.set_postfix(shown)
         if bar is not None:
             bar.update(1)
-        if out_of_time:
+        if last:
             break
     if bar is not None:
         bar.close()
