@@ -1,6 +1,7 @@
 # make setup : create the virtual environment $(VENV) if missing and install the course into it
 # make lab   : setup, then open JupyterLab on notebooks/
 # make test  : setup, then run the whole test suite (unit tests + every notebook) with TFS_PROFILE=ci
+# make assignments / make autograde : student versions of the notebooks, and grading (nbgrader)
 
 VENV ?= .venv
 PYTHON ?= python3
@@ -9,7 +10,7 @@ STAMP := $(VENV)/.tfs-requirements
 
 PYTEST_ARGS ?=
 
-.PHONY: setup lab test unit notebooks lint clean-data
+.PHONY: setup lab test unit notebooks lint assignments autograde
 
 setup: $(STAMP)
 	@$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -41,3 +42,11 @@ notebooks: setup
 
 lint: setup
 	$(BIN)/ruff check .
+
+# Student versions of the notebooks (nbgrader): assignments/release/<notebook>/<notebook>.ipynb
+assignments: setup
+	$(BIN)/python tools/assignments.py release
+
+# Grade assignments/submitted/<student>/<notebook>/<notebook>.ipynb; scores in assignments/grades.csv
+autograde: setup
+	TFS_PROFILE=$${TFS_PROFILE:-ci} $(BIN)/python tools/assignments.py autograde
