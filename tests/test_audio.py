@@ -1,0 +1,180 @@
+import hashlib
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torchaudio
+
+from helpers import audio, data, load_checkpoint, save_checkpoint
+
+
+def tiny_model(**kw) -> audio.AudioClassifier:
+    cfg = audio.AudioConfig(n_mels=16, conv_channels=16, n_layer=1, n_head=2, n_embd=16, dropout=0.0, **kw)
+    return audio.AudioClassifier(cfg).eval()
+
+
+def tone(seconds=0.5, rate=8000, freq=440.0):
+    t = torch.arange(int(seconds * rate)) / rate
+    return 0.5 * torch.sin(2 * math.pi * freq * t)
+
+
+# --------------------------------------------------------------------------- features
+
+
+def test_features_are_log_mel_minus_the_clip_mean():
+    cfg = audio.AudioConfig()
+    wave = torch.randn(4000) * 0.1
+    feats = audio.LogMel(cfg)(wave)
+    assert feats.shape == (1 + 4000 // cfg.hop_length, cfg.n_mels)  # (T, F)
+    mel = torchaudio.transforms.MelSpectrogram(8000, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels,
+                                               f_max=4000)(wave).add(1e-6).log()
+    torch.testing.assert_close(feats, (mel - mel.mean(-1, keepdim=True)).T)
+    torch.testing.assert_close(feats.mean(0), torch.zeros(cfg.n_mels), atol=1e-5, rtol=0)
+
+
+def test_mfcc_shapes_and_reference():
+    cfg = audio.AudioConfig(n_mfcc=13)
+    model = audio.AudioClassifier(cfg)
+    wave = torch.randn(3333) * 0.1
+    feats = model.featurize([wave])[0]  # the model's features stay log-mel bands
+    assert feats.shape == (1 + 3333 // cfg.hop_length, cfg.n_mels)
+    mfcc = feats @ model.dct  # (T, 13): what the model reads
+    assert mfcc.shape == (42, 13)
+    ref = torchaudio.transforms.MFCC(8000, n_mfcc=13, log_mels=True, melkwargs=dict(
+        n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels, f_max=4000))(wave)  # (13, T)
+    torch.testing.assert_close(mfcc, (ref - ref.mean(-1, keepdim=True)).T, atol=1e-4, rtol=1e-4)
+    # A batch of waveforms gives a batch of features.
+    assert audio.LogMel(cfg)(torch.randn(2, 3333)).shape == (2, 42, cfg.n_mels)
+
+
+def test_pad_features():
+    x, mask = audio.pad_features([torch.ones(3, 2), torch.ones(5, 2)])
+    assert x.shape == (2, 5, 2) and mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5]
+    assert x[0, 3:].abs().sum() == 0
+
+
+# --------------------------------------------------------------------------- padding
+
+
+@pytest.mark.parametrize("lengths, n_mfcc", [([37, 80, 53, 1], 0), ([64, 65, 66, 67], 0), ([9, 30, 2], 8)])
+def test_padding_never_changes_a_prediction(lengths, n_mfcc):
+    model = tiny_model(n_mfcc=n_mfcc)
+    clips = [torch.randn(n, 16) for n in lengths]
+    x, mask = audio.pad_features(clips)
+    x = x + 100.0 * (~mask)[..., None]  # garbage in the padding: it must be ignored, conv included
+    with torch.no_grad():
+        batched = model(x, mask)
+        alone = torch.cat([model(c[None]) for c in clips])
+    torch.testing.assert_close(batched, alone)
+
+
+def test_front_end_mask_follows_the_strides():
+    model = tiny_model()
+    x, mask = audio.pad_features([torch.randn(n, 16) for n in (9, 4, 1)])
+    frames, frame_mask = model.front(x, mask)
+    assert frames.shape == (3, 3, 16)  # 9 -> 5 -> 3 frames
+    assert frame_mask.sum(1).tolist() == [3, 1, 1]  # ceil(ceil(n / 2) / 2)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_fsdd_registry_matches_the_mirror_checksums(mirror):
+    sums = {}
+    for line in (Path(mirror) / "SHA256SUMS").read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        sums[name.removeprefix("./")] = digest
+    files = data.REGISTRY["fsdd"].files
+    assert len(files) == 3000
+    assert all(sums[f.path] == f.sha256 for f in files)
+    assert files[0].url.endswith("/recordings/0_george_0.wav")
+
+
+def test_fsdd_official_split_and_leave_one_speaker_out(mirror):
+    recordings = audio.load_fsdd()
+    assert len(recordings) == 3000
+    r = recordings[0]
+    assert r.waveform.dtype == torch.float32 and r.waveform.dim() == 1 and r.waveform.abs().max() <= 1.0
+    train, test = audio.split_fsdd(recordings)
+    key = lambda r: (r.digit, r.speaker, r.index)
+    assert (len(train), len(test)) == (2700, 300)
+    assert not {key(r) for r in train} & {key(r) for r in test}  # no recording in both
+    assert {r.index for r in test} == set(range(5))
+    assert {(r.digit, r.speaker) for r in test} == {(d, s) for d in range(10) for s in audio.FSDD_SPEAKERS}
+    train, test = audio.split_fsdd(recordings, test_speaker="theo")
+    assert (len(train), len(test)) == (2500, 500)
+    assert {r.speaker for r in test} == {"theo"} and "theo" not in {r.speaker for r in train}
+    with pytest.raises(ValueError, match="unknown speaker"):
+        audio.split_fsdd(recordings, test_speaker="alice")
+
+
+def test_fsdd_checksum_mismatch_is_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFS_DATA_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("TFS_DATA_MIRROR", str(tmp_path / "mirror"))
+    remote = data.REGISTRY["fsdd"].files[0]
+    bad = tmp_path / "mirror" / remote.path
+    bad.parent.mkdir(parents=True)
+    bad.write_bytes(b"not a wav")
+    assert hashlib.sha256(b"not a wav").hexdigest() != remote.sha256
+    with pytest.raises(data.ChecksumError, match="fsdd"):
+        data.fetch_file(remote, "fsdd")
+
+
+# --------------------------------------------------------------------------- predict
+
+
+def test_predict_resamples_to_the_model_rate():
+    model = tiny_model()
+    wave = tone(0.4, 16000)
+    expected = model.classify(model.featurize([torchaudio.functional.resample(wave, 16000, 8000)]))[0]
+    assert audio.predict(model, wave, 16000) == int(expected)
+    assert audio.predict(model, wave.numpy(), 16000) == int(expected)  # numpy works too
+    assert audio.predict(model, torch.stack([wave, wave]), 16000) == int(expected)  # (channels, N)
+    assert 0 <= audio.predict(model, tone(), 8000) < 10
+
+
+@pytest.mark.parametrize(
+    "waveform, match",
+    [
+        (torch.zeros(0), "empty"),
+        (torch.zeros(4000), "silent"),
+        (torch.full((4000,), float("nan")), "NaN"),
+        (torch.ones(4000, dtype=torch.int16), "float samples"),
+        (torch.randn(1, 2, 4000), r"\(samples,\)"),
+        (torch.randn(50) * 0.1, "too short"),
+    ],
+)
+def test_predict_refuses_bad_input(waveform, match):
+    with pytest.raises(ValueError, match=match):
+        audio.predict(tiny_model(), waveform, 8000)
+
+
+# --------------------------------------------------------------------------- training and checkpoints
+
+
+def test_training_learns_and_checkpoint_round_trips(tmp_path, monkeypatch):
+    from helpers import fit
+
+    monkeypatch.setenv("TFS_DATA_DIR", str(tmp_path))
+    # Two "digits": low and high tones of random lengths; the tiny model must tell them apart.
+    g = torch.Generator().manual_seed(0)
+    waves = [tone(0.1 + 0.3 * torch.rand(1, generator=g).item(), freq=300 if i % 2 else 1500) for i in range(16)]
+    labels = torch.arange(16) % 2
+    model = tiny_model()
+    feats = model.featurize(waves)
+    history = fit(model, audio.make_batches(feats, labels, 8, g, audio.Augment(0.1, 0.1, 2, 2)), steps=20, lr=3e-3,
+                  loss_fn=audio.classification_loss, progress=False, device="cpu")
+    assert history.train_loss[-1] < history.train_loss[0]
+    assert (model.classify(feats) == labels).float().mean() >= 0.9
+    save_checkpoint(model, "07_test")
+    loaded = load_checkpoint("07_test")
+    assert isinstance(loaded, audio.AudioClassifier) and loaded.config == model.config
+    x, mask = audio.pad_features(feats[:5])
+    torch.testing.assert_close(loaded(x, mask), model(x, mask))
+    assert audio.predict(loaded, waves[0], 8000) == audio.predict(model, waves[0], 8000)
+
+
+def test_confusion_matrix():
+    cm = audio.confusion_matrix(torch.tensor([0, 1, 1, 2]), torch.tensor([0, 1, 2, 2]), n_classes=3)
+    assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
