@@ -1,0 +1,168 @@
+"""Train a notebook's model from the command line, outside Jupyter, alone or under ``torchrun``.
+
+    python -m helpers.train_cli shakespeare --profile cpu
+    python -m helpers.train_cli arithmetic --profile ci --steps 200
+    torchrun --nproc_per_node=4 -m helpers.train_cli cifar10 --profile gpu
+
+Each task trains the model of one notebook with that notebook's recipe for the chosen profile,
+prints the figures the notebook reports, and saves the checkpoint under the notebook's name in
+``$TFS_DATA_DIR/checkpoints/`` (so the notebook, or ``helpers.load_checkpoint``, can pick it up):
+
+============  ========  ==================================================================
+task          notebook  model
+============  ========  ==================================================================
+shakespeare   03        character-level GPT on Tiny Shakespeare (validation loss per char)
+arithmetic    04        addition with the abacus writing (exact match on held-out problems)
+cifar10       06        compact Vision Transformer (test accuracy)
+============  ========  ==================================================================
+
+Under ``torchrun --nproc_per_node=N`` :func:`helpers.fit` trains with DistributedDataParallel: every
+rank draws its own batches (its own random seed), ``--steps`` counts the steps of each rank, so N
+processes see N times as many examples; metrics are averaged across ranks and only rank 0 prints
+and writes the checkpoint.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+import torch
+
+from .config import PROFILES, get_device, is_main_process, pick, seed_everything, summary
+
+
+def _rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def _log(*args):
+    if is_main_process():
+        print(*args, flush=True)
+
+
+def train_shakespeare(profile: str, steps: int | None, seconds: float | None, device) -> dict:
+    """Notebook 03's character-level GPT."""
+    from .checkpoint import save_checkpoint
+    from .data import load_tiny_shakespeare
+    from .model import GPT, TransformerConfig
+    from .text import CharTokenizer, evaluate_lm, lm_batches, split_train_val
+    from .train import fit
+
+    hp = pick(
+        ci=dict(n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=12, lr=3e-3, steps=400, dropout=0.0),
+        cpu=dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=3e-3, steps=3000, dropout=0.0),
+        gpu=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, lr=1e-3, steps=5000, dropout=0.2),
+        profile=profile,
+    )
+    steps = steps or hp["steps"]
+    text = load_tiny_shakespeare()
+    chars = CharTokenizer.train(text)
+    train_ids, val_ids = split_train_val(torch.tensor(chars.encode(text)))
+    model = GPT(TransformerConfig(vocab_size=chars.vocab_size, block_size=hp["block_size"], n_layer=hp["n_layer"],
+                                  n_head=hp["n_head"], n_embd=hp["n_embd"], dropout=hp["dropout"]))
+    autocast = torch.bfloat16 if device.type == "cuda" else None
+    history = fit(model, lm_batches(train_ids, hp["block_size"], hp["batch_size"], seed=_rank()), steps=steps,
+                  lr=hp["lr"], min_lr=hp["lr"] / 10, betas=(0.9, 0.99), warmup=max(1, steps // 50),
+                  val_data=lm_batches(val_ids, hp["block_size"], 64, seed=10_000), eval_batches=20,
+                  time_limit=seconds, autocast_dtype=autocast, device=device)
+    val_loss = evaluate_lm(model, val_ids, hp["block_size"], autocast_dtype=autocast)
+    save_checkpoint(model, "03_language_modelling", chars="".join(chars.chars), val_loss_per_char=round(val_loss, 4))
+    return {"steps": history.steps_done, "val_loss_per_char": val_loss}
+
+
+def train_arithmetic(profile: str, steps: int | None, seconds: float | None, device) -> dict:
+    """Notebook 04's best writing: abacus addition."""
+    from . import arithmetic as ar
+    from .checkpoint import save_checkpoint
+    from .train import fit
+
+    hp = pick(
+        ci=dict(max_digits=3, n_layer=2, n_head=4, n_embd=64, batch_size=128, lr=3e-3, steps=600),
+        cpu=dict(max_digits=5, n_layer=2, n_head=4, n_embd=128, batch_size=256, lr=1e-3, steps=1500),
+        gpu=dict(max_digits=7, n_layer=3, n_head=4, n_embd=256, batch_size=512, lr=1e-3, steps=4000),
+        profile=profile,
+    )
+    steps = steps or hp["steps"]
+    n = hp["max_digits"]
+    test = ar.make_problems(2000, n, seed=1)
+    test_full = ar.make_problems(2000, n, seed=2, sampling="exact", exclude=test)
+    held_out = torch.cat([test, test_full])
+    config = ar.ArithmeticConfig(representation="abacus", op="+", max_digits=n, n_layer=hp["n_layer"],
+                                 n_head=hp["n_head"], n_embd=hp["n_embd"], max_place=n + 3)
+    model = ar.ArithmeticModel(config)
+    history = fit(model, ar.training_batches(config, hp["batch_size"], exclude=held_out, seed=_rank()),
+                  steps=steps, lr=hp["lr"], time_limit=seconds, device=device)
+    accuracy, accuracy_full = ar.evaluate(model, test), ar.evaluate(model, test_full)
+    save_checkpoint(model, "04_arithmetic", accuracy=accuracy, accuracy_full=accuracy_full)
+    return {"steps": history.steps_done, "accuracy": accuracy, f"accuracy_{n}_digits": accuracy_full}
+
+
+def train_cifar10(profile: str, steps: int | None, seconds: float | None, device) -> dict:
+    """Notebook 06's compact Vision Transformer."""
+    import torch.nn.functional as F
+
+    from . import vision as V
+    from .checkpoint import save_checkpoint
+    from .train import fit
+
+    n_train = pick(ci=10_000, cpu=10_000, gpu=None, profile=profile)
+    batch = pick(ci=64, cpu=64, gpu=256, profile=profile)
+    epochs = pick(ci=2, cpu=20, gpu=60, profile=profile)
+    lr = pick(ci=2e-3, cpu=2e-3, gpu=1e-3, profile=profile)
+    vit = pick(ci=dict(n_layer=2, n_head=2, n_embd=96, conv_width=32),
+               cpu=dict(n_layer=2, n_head=2, n_embd=128, conv_width=32),
+               gpu=dict(n_layer=7, n_head=4, n_embd=256, conv_width=64), profile=profile)
+    train_images, train_labels = V.load_cifar10("train")
+    test_images, test_labels = V.load_cifar10("test")
+    if n_train is not None and n_train < len(train_images):
+        keep = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[:n_train]
+        train_images, train_labels = train_images[keep], train_labels[keep]
+    batches = V.ImageBatches(train_images, train_labels, batch)
+    steps = steps or epochs * len(batches) // _world()
+    test_x = V.normalize(test_images)
+    model = V.VisionTransformer(V.ViTConfig(tokenizer="conv", pool="seq", **vit))
+    history = fit(model, batches, steps=steps, lr=lr, weight_decay=0.05, time_limit=seconds, device=device,
+                  loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1], label_smoothing=0.1),
+                  autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
+    accuracy = V.accuracy(model, test_x, test_labels)
+    save_checkpoint(model, "06_image_classification", classes=list(V.CIFAR10_CLASSES), mean=list(V.CIFAR10_MEAN),
+                    std=list(V.CIFAR10_STD), test_accuracy=accuracy, train_images=len(train_images))
+    return {"steps": history.steps_done, "test_accuracy": accuracy}
+
+
+TASKS = {"shakespeare": train_shakespeare, "arithmetic": train_arithmetic, "cifar10": train_cifar10}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(prog="python -m helpers.train_cli", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("task", choices=sorted(TASKS))
+    parser.add_argument("--profile", choices=PROFILES, default=None,
+                        help="the notebook profile whose recipe to use (default: $TFS_PROFILE, else gpu/cpu from the hardware)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per rank (default: the profile's)")
+    parser.add_argument("--seconds", type=float, default=None, help="stop training after this many seconds")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.steps is not None and args.steps < 1:
+        parser.error("--steps must be at least 1")
+    profile = args.profile or os.environ.get("TFS_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
+    seed_everything(args.seed)
+    device = get_device()
+    _log(f"task={args.task} profile={profile} world_size={_world()} | {summary()}")
+    tick = time.perf_counter()
+    result = TASKS[args.task](profile, args.steps, args.seconds, device)
+    result["seconds"] = round(time.perf_counter() - tick, 1)
+    _log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return result
+
+
+if __name__ == "__main__":
+    main()
