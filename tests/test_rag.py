@@ -21,7 +21,7 @@ from helpers.data import REGISTRY
 
 openai = pytest.importorskip("openai")
 
-SECRET_KEY = "sk-test-DO-NOT-PRINT-1234567890"
+SECRET_KEY = "fake-key-DO-NOT-PRINT-1234567890"  # a stand-in, never a real key
 
 
 # --------------------------------------------------------------------------- writing PDFs
