@@ -17,6 +17,13 @@ from torch import nn
 
 from .config import get_device
 
+# A notebook's progress bar is a widget: every redraw is a message from the kernel. Bounding the
+# redraws per bar (at most PROGRESS_REDRAWS, at least PROGRESS_MININTERVAL seconds apart) keeps a long
+# training cell from flooding the kernel's output channel, which drops messages once it is full
+# (a notebook runner waiting on that channel, such as nbval, then times out).
+PROGRESS_REDRAWS = 50
+PROGRESS_MININTERVAL = 0.5
+
 
 @dataclass
 class History:
@@ -218,7 +225,8 @@ def fit(
     if progress and rank == 0:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=steps, desc="training", leave=True)
+        bar = tqdm(total=steps, desc="training", leave=True, miniters=max(1, steps // PROGRESS_REDRAWS),
+                   mininterval=PROGRESS_MININTERVAL)
 
     start, window, elapsed = time.perf_counter(), [], 0.0
     for step in range(steps):
@@ -269,7 +277,7 @@ def fit(
                 if history.val_loss:
                     shown["val"] = f"{history.val_loss[-1]:.3f}"
                 shown.update({k: f"{v[-1]:.3f}" for k, v in history.metrics.items()})
-                bar.set_postfix(shown)
+                bar.set_postfix(shown, refresh=False)  # shown at the next redraw
         if bar is not None:
             bar.update(1)
         if last:

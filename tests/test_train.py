@@ -47,3 +47,26 @@ def test_bf16_autocast_runs():
     model = GPT(TransformerConfig(vocab_size=8, block_size=12, n_layer=1, n_head=2, n_embd=16))
     history = fit(model, copy_task, steps=5, autocast_dtype=torch.bfloat16, progress=False)
     assert math.isfinite(history.train_loss[-1])
+
+
+def test_progress_bar_redraws_are_bounded(monkeypatch):
+    # In a notebook each redraw is a kernel message; an unbounded bar floods a long training cell's
+    # output channel. With no minimum interval, only the step bound limits the redraws.
+    import tqdm.auto
+
+    from helpers import train as train_module
+
+    redraws = []
+
+    class CountingBar(tqdm.std.tqdm):
+        def display(self, *args, **kwargs):
+            redraws.append(self.n)
+            return super().display(*args, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", CountingBar)
+    monkeypatch.setattr(train_module, "PROGRESS_MININTERVAL", 0.0)
+    model = GPT(TransformerConfig(vocab_size=8, block_size=12, n_layer=1, n_head=2, n_embd=16))
+    history = fit(model, copy_task, steps=1000, lr=1e-3, eval_every=100)
+    assert history.steps_done == 1000
+    assert redraws[-1] == 1000  # the bar ends full
+    assert len(redraws) <= train_module.PROGRESS_REDRAWS + 5  # start, close and rounding
