@@ -11,18 +11,6 @@ from helpers import data
 
 
 @pytest.fixture
-def dirs(tmp_path, monkeypatch):
-    cache, mirror = tmp_path / "cache", tmp_path / "mirror"
-    cache.mkdir()
-    mirror.mkdir()
-    monkeypatch.setenv("TFS_DATA_DIR", str(cache))
-    monkeypatch.setenv("TFS_DATA_MIRROR", str(mirror))
-    monkeypatch.delenv("TFS_OFFLINE", raising=False)
-    data._verified.clear()
-    return cache, mirror
-
-
-@pytest.fixture
 def server(tmp_path):
     """A real HTTP server on 127.0.0.1 serving tmp_path/www."""
     root = tmp_path / "www"
@@ -44,16 +32,16 @@ def remote(url="http://127.0.0.1:9/none", gunzip=False, sha=SHA):
     return data.RemoteFile("toy/text.txt", url, sha, gunzip=gunzip)
 
 
-def test_cache_hit(dirs, monkeypatch):
-    cache, _ = dirs
+def test_cache_hit(data_dirs, monkeypatch):
+    cache, _ = data_dirs
     (cache / "toy").mkdir()
     (cache / "toy/text.txt").write_bytes(PAYLOAD)
     monkeypatch.setenv("TFS_OFFLINE", "1")
     assert data.fetch_file(remote()) == cache / "toy/text.txt"
 
 
-def test_mirror_hit_is_read_in_place(dirs, monkeypatch):
-    cache, mirror = dirs
+def test_mirror_hit_is_read_in_place(data_dirs, monkeypatch):
+    cache, mirror = data_dirs
     (mirror / "toy").mkdir()
     (mirror / "toy/text.txt").write_bytes(PAYLOAD)
     monkeypatch.setenv("TFS_OFFLINE", "1")
@@ -61,8 +49,8 @@ def test_mirror_hit_is_read_in_place(dirs, monkeypatch):
     assert not (cache / "toy").exists()  # nothing copied
 
 
-def test_damaged_mirror_is_a_clear_error(dirs):
-    _, mirror = dirs
+def test_damaged_mirror_is_a_clear_error(data_dirs):
+    _, mirror = data_dirs
     (mirror / "toy").mkdir()
     (mirror / "toy/text.txt").write_bytes(b"damaged")
     with pytest.raises(data.ChecksumError, match="mirror"):
@@ -70,8 +58,8 @@ def test_damaged_mirror_is_a_clear_error(dirs):
 
 
 @pytest.mark.parametrize("gz", [False, True])
-def test_download_from_http_server(dirs, server, gz):
-    cache, _ = dirs
+def test_download_from_http_server(data_dirs, server, gz):
+    cache, _ = data_dirs
     root, url = server
     (root / "text.bin").write_bytes(gzip.compress(PAYLOAD) if gz else PAYLOAD)
     path = data.fetch_file(remote(f"{url}/text.bin", gunzip=gz), "toy")
@@ -80,8 +68,8 @@ def test_download_from_http_server(dirs, server, gz):
     assert list(path.parent.iterdir()) == [path]  # no temporary file left behind
 
 
-def test_corrupted_download_is_caught_and_nothing_is_saved(dirs, server):
-    cache, _ = dirs
+def test_corrupted_download_is_caught_and_nothing_is_saved(data_dirs, server):
+    cache, _ = data_dirs
     root, url = server
     (root / "text.bin").write_bytes(PAYLOAD + b"tampered")
     with pytest.raises(data.ChecksumError, match="SHA-256"):
@@ -89,8 +77,8 @@ def test_corrupted_download_is_caught_and_nothing_is_saved(dirs, server):
     assert not any((cache / "toy").iterdir())
 
 
-def test_corrupted_cache_is_replaced(dirs, server):
-    cache, _ = dirs
+def test_corrupted_cache_is_replaced(data_dirs, server):
+    cache, _ = data_dirs
     root, url = server
     (root / "text.bin").write_bytes(PAYLOAD)
     (cache / "toy").mkdir()
@@ -98,7 +86,7 @@ def test_corrupted_cache_is_replaced(dirs, server):
     assert data.fetch_file(remote(f"{url}/text.bin")).read_bytes() == PAYLOAD
 
 
-def test_missing_while_offline_names_dataset_places_and_remedy(dirs, monkeypatch):
+def test_missing_while_offline_names_dataset_places_and_remedy(data_dirs, monkeypatch):
     monkeypatch.setenv("TFS_OFFLINE", "1")
     with pytest.raises(data.DataUnavailableError) as err:
         data.fetch_file(remote(), "toy")
@@ -107,7 +95,7 @@ def test_missing_while_offline_names_dataset_places_and_remedy(dirs, monkeypatch
     assert "TFS_DATA_MIRROR" in message and "TFS_OFFLINE" in message
 
 
-def test_unreachable_server_is_a_clear_error(dirs):
+def test_unreachable_server_is_a_clear_error(data_dirs):
     with pytest.raises(data.DataUnavailableError, match="could not download"):
         data.fetch_file(remote("http://127.0.0.1:9/nothing-listens-here"), "toy")
 

@@ -261,18 +261,14 @@ def test_resnet_shape_and_checkpoint_round_trip(tmp_path, monkeypatch):
 
 
 @pytest.fixture
-def empty_dirs(tmp_path, monkeypatch):
-    cache, mirror = tmp_path / "cache", tmp_path / "mirror"
-    cache.mkdir()
-    mirror.mkdir()
-    monkeypatch.setenv("TFS_DATA_DIR", str(cache))
-    monkeypatch.setenv("TFS_DATA_MIRROR", str(mirror))
+def offline_dirs(data_dirs, monkeypatch):
+    """Empty cache and mirror folders, offline: a loader can only use what a test writes there."""
     monkeypatch.setenv("TFS_OFFLINE", "1")
-    return cache, mirror
+    return data_dirs
 
 
-def test_cifar_reads_the_torchvision_layout(empty_dirs):
-    cache, _ = empty_dirs
+def test_cifar_reads_the_torchvision_layout(offline_dirs):
+    cache, _ = offline_dirs
     folder = cache / "cifar-10-batches-py"
     folder.mkdir()
     rng = np.random.default_rng(0)
@@ -305,8 +301,8 @@ def _write_image_folder(root, per_class=2):
     return torch.stack(images), torch.tensor(labels)
 
 
-def test_cifar_reads_the_image_folder_layout_in_the_mirror_and_caches_it(empty_dirs):
-    cache, mirror = empty_dirs
+def test_cifar_reads_the_image_folder_layout_in_the_mirror_and_caches_it(offline_dirs):
+    cache, mirror = offline_dirs
     expected, expected_labels = _write_image_folder(mirror / "cifar10-jpg" / "test")
     images, labels = V.load_cifar10("test")
     assert torch.equal(images, expected) and torch.equal(labels, expected_labels)
@@ -316,7 +312,7 @@ def test_cifar_reads_the_image_folder_layout_in_the_mirror_and_caches_it(empty_d
     assert not (cache / "cifar10-jpg").exists()  # the mirror is read in place, never copied
 
 
-def test_cifar_offline_without_data_says_what_to_do(empty_dirs):
+def test_cifar_offline_without_data_says_what_to_do(offline_dirs):
     with pytest.raises(DataUnavailableError, match="TFS_DATA_MIRROR"):
         V.load_cifar10("train")
     with pytest.raises(ValueError, match="split"):
