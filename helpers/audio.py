@@ -111,7 +111,7 @@ class AudioConfig:
     n_fft: int = 256  # 32 ms analysis window at 8 kHz
     hop_length: int = 80  # 10 ms between frames
     n_mels: int = 40
-    n_mfcc: int = 0  # 0: the model reads the log-mel bands; > 0: their first n_mfcc cepstral coefficients
+    n_mfcc: int = 0  # 0: the model reads the log-mel bands; > 0: their cepstral coefficients 1..n_mfcc (no c0)
     conv_channels: int = 128
     n_layer: int = 3
     n_head: int = 4
@@ -193,8 +193,10 @@ class AudioClassifier(nn.Module):
         self.config = cfg
         self.features = LogMel(cfg)
         # MFCCs are a fixed linear map of the log-mel bands (a DCT), so the model applies it itself: the
-        # features, and their augmentation, stay in the mel domain.
-        dct = torchaudio.functional.create_dct(cfg.n_mfcc, cfg.n_mels, norm="ortho") if cfg.n_mfcc else None
+        # features, and their augmentation, stay in the mel domain. Coefficient 0 is the frame's mean over
+        # the bands, its loudness, which says more about the speaker and the microphone than about the
+        # digit, so it is left out: the model reads coefficients 1..n_mfcc.
+        dct = torchaudio.functional.create_dct(cfg.n_mfcc + 1, cfg.n_mels, norm="ortho")[:, 1:] if cfg.n_mfcc else None
         self.register_buffer("dct", dct)  # (n_mels, n_mfcc), or None: the model reads the log-mel bands
         self.front = ConvFrontEnd(cfg)
         self.encoder = Encoder(
@@ -208,10 +210,15 @@ class AudioClassifier(nn.Module):
         """features (B, T, n_mels), padding_mask (B, T) bool (True = real; None = no padding) -> logits (B, n_classes)."""
         if padding_mask is None:
             padding_mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
+        frames, frame_mask = self.tokens(features, padding_mask)  # (B, T', n_embd)
+        return self.encoder(frames, padding_mask=frame_mask)
+
+    def tokens(self, features: torch.Tensor, padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """features (B, T, n_mels) and their mask (B, T) -> the encoder's input: MFCCs (when configured), then
+        the front end: frames (B, T', n_embd) and their mask (B, T'), T' = ceil(ceil(T / 2) / 2)."""
         if self.dct is not None:
             features = features @ self.dct  # (B, T, n_mfcc); padded frames stay zero
-        frames, frame_mask = self.front(features, padding_mask)  # (B, T', n_embd)
-        return self.encoder(frames, padding_mask=frame_mask)
+        return self.front(features, padding_mask)
 
     def featurize(self, waveforms: list[torch.Tensor]) -> list[torch.Tensor]:
         """Waveforms (N_i,) at ``config.sample_rate`` -> features (T_i, F), one clip at a time."""

@@ -41,9 +41,13 @@ def test_mfcc_shapes_and_reference():
     assert feats.shape == (1 + 3333 // cfg.hop_length, cfg.n_mels)
     mfcc = feats @ model.dct  # (T, 13): what the model reads
     assert mfcc.shape == (42, 13)
-    ref = torchaudio.transforms.MFCC(8000, n_mfcc=13, log_mels=True, melkwargs=dict(
-        n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels, f_max=4000))(wave)  # (13, T)
+    ref = torchaudio.transforms.MFCC(8000, n_mfcc=14, log_mels=True, melkwargs=dict(
+        n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels, f_max=4000))(wave)[1:]  # (13, T): c1..c13
     torch.testing.assert_close(mfcc, (ref - ref.mean(-1, keepdim=True)).T, atol=1e-4, rtol=1e-4)
+    # c0 (the frame's loudness) is left out: scaling a frame's energy does not change what the model reads.
+    louder = feats.clone()
+    louder[5] += 3.0  # frame 5 about 20 times louder in every band
+    torch.testing.assert_close((louder @ model.dct)[5], mfcc[5], atol=1e-5, rtol=0)
     # A batch of waveforms gives a batch of features.
     assert audio.LogMel(cfg)(torch.randn(2, 3333)).shape == (2, 42, cfg.n_mels)
 
@@ -69,10 +73,11 @@ def test_padding_never_changes_a_prediction(lengths, n_mfcc):
     torch.testing.assert_close(batched, alone)
 
 
-def test_front_end_mask_follows_the_strides():
-    model = tiny_model()
+@pytest.mark.parametrize("n_mfcc", [0, 8])
+def test_front_end_mask_follows_the_strides(n_mfcc):
+    model = tiny_model(n_mfcc=n_mfcc)
     x, mask = audio.pad_features([torch.randn(n, 16) for n in (9, 4, 1)])
-    frames, frame_mask = model.front(x, mask)
+    frames, frame_mask = model.tokens(x, mask)
     assert frames.shape == (3, 3, 16)  # 9 -> 5 -> 3 frames
     assert frame_mask.sum(1).tolist() == [3, 1, 1]  # ceil(ceil(n / 2) / 2)
 
