@@ -38,13 +38,9 @@ import torch  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import GPT, TransformerConfig, fit, load_tiny_shakespeare, seed_everything  # noqa: E402
-from helpers.text import CharTokenizer, evaluate_lm, lm_batches, split_train_val  # noqa: E402
+from helpers.text import LM_RECIPES, CharTokenizer, evaluate_lm, lm_batches, split_train_val  # noqa: E402
 
-# Notebook 03's cpu profile (keep the two in step).
-RECIPES = {
-    "cpu": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=3e-3, min_lr=3e-4, warmup=0.05),
-    "nanogpt": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, min_lr=1e-4, warmup=0.05),
-}
+RECIPES = LM_RECIPES
 
 
 def main():
@@ -52,6 +48,8 @@ def main():
     parser.add_argument("--seconds", type=float, default=100.0, help="wall-time budget, evaluation included")
     parser.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (helps only on CPUs with bf16 units)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the model first (its compilation time counts against the budget)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-mfu", action="store_true", help="skip the peak-matmul measurement after training")
@@ -69,6 +67,7 @@ def main():
     cfg = TransformerConfig(vocab_size=tokenizer.vocab_size, block_size=recipe["block_size"], n_layer=recipe["n_layer"],
                             n_head=recipe["n_head"], n_embd=recipe["n_embd"])
     model = GPT(cfg)
+    trained = torch.compile(model) if args.compile else model  # shares model's parameters
 
     # Time one evaluation batch to reserve time for the final evaluation (with a margin).
     tick = time.perf_counter()
@@ -78,7 +77,7 @@ def main():
 
     steps = 1_000_000  # more than fit in the budget: the clock ends training
     history = fit(
-        model, lm_batches(train, cfg.block_size, recipe["batch_size"], seed=args.seed), steps=steps, lr=recipe["lr"],
+        trained, lm_batches(train, cfg.block_size, recipe["batch_size"], seed=args.seed), steps=steps, lr=recipe["lr"],
         min_lr=recipe["min_lr"], warmup=int(recipe["warmup"] * steps), betas=(0.9, 0.99), time_limit=budget,
         autocast_dtype=autocast, device=device, progress=False,
     )
@@ -87,7 +86,7 @@ def main():
     total = time.perf_counter() - START
     tokens = history.steps_done * recipe["batch_size"] * cfg.block_size
     print(f"recipe={args.recipe} params={model.num_parameters():,} threads={torch.get_num_threads()} "
-          f"bf16={args.bf16} omp_wait_policy={os.environ['OMP_WAIT_POLICY']} "
+          f"bf16={args.bf16} compile={args.compile} omp_wait_policy={os.environ['OMP_WAIT_POLICY']} "
           f"load_average={os.getloadavg()[0]:.1f} (other jobs on the machine slow training down)")
     print(f"steps={history.steps_done} tokens={tokens:,} train_seconds={train_seconds:.1f} "
           f"train_tokens_per_second={tokens / train_seconds:,.0f}")

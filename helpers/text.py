@@ -208,6 +208,14 @@ def hf_bpe_merges(text: str, vocab_size: int, pattern: str = SPLIT_PATTERN) -> l
 # --------------------------------------------------------------------------- language-model batches
 
 
+# Character-level Tiny Shakespeare recipes for the benchmarks: notebook 03's cpu profile, and nanoGPT's CPU
+# configuration (learning rate 1e-3) for comparison. Warm-up is a fraction of the steps.
+LM_RECIPES = {
+    "cpu": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=3e-3, min_lr=3e-4, warmup=0.05),
+    "nanogpt": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, min_lr=1e-4, warmup=0.05),
+}
+
+
 def split_train_val(ids: torch.Tensor, train_fraction: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
     """nanoGPT's split: the first ``train_fraction`` of the sequence trains, the rest validates."""
     n = int(train_fraction * len(ids))

@@ -46,6 +46,14 @@ def _log(*args):
         print(*args, flush=True)
 
 
+# Notebook 03's hyper-parameters for each profile (tests/test_train_cli.py checks that the two agree).
+SHAKESPEARE_RECIPES = dict(
+    ci=dict(n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=12, lr=3e-3, steps=400, dropout=0.0),
+    cpu=dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=3e-3, steps=3000, dropout=0.0),
+    gpu=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, lr=1e-3, steps=5000, dropout=0.2),
+)
+
+
 def train_shakespeare(profile: str, steps: int | None, seconds: float | None, device) -> dict:
     """Notebook 03's character-level GPT."""
     from .checkpoint import save_checkpoint
@@ -54,12 +62,7 @@ def train_shakespeare(profile: str, steps: int | None, seconds: float | None, de
     from .text import CharTokenizer, evaluate_lm, lm_batches, split_train_val
     from .train import fit
 
-    hp = pick(
-        ci=dict(n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=12, lr=3e-3, steps=400, dropout=0.0),
-        cpu=dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=3e-3, steps=3000, dropout=0.0),
-        gpu=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, lr=1e-3, steps=5000, dropout=0.2),
-        profile=profile,
-    )
+    hp = pick(**SHAKESPEARE_RECIPES, profile=profile)
     steps = steps or hp["steps"]
     text = load_tiny_shakespeare()
     chars = CharTokenizer.train(text)
