@@ -40,13 +40,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from helpers import GPT, TransformerConfig, fit, load_tiny_shakespeare, seed_everything  # noqa: E402
 from helpers.text import LM_RECIPES, CharTokenizer, evaluate_lm, lm_batches, split_train_val  # noqa: E402
 
-RECIPES = LM_RECIPES
-
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=100.0, help="wall-time budget, evaluation included")
-    parser.add_argument("--recipe", choices=sorted(RECIPES), default="cpu")
+    parser.add_argument("--recipe", choices=sorted(LM_RECIPES), default="cpu")
     parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast (helps only on CPUs with bf16 units)")
     parser.add_argument("--compile", action="store_true",
                         help="torch.compile the model first (its compilation time counts against the budget)")
@@ -56,7 +54,7 @@ def main():
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    recipe = RECIPES[args.recipe]
+    recipe = LM_RECIPES[args.recipe]
     seed_everything(args.seed)
     device = torch.device("cpu")
     autocast = torch.bfloat16 if args.bf16 else None

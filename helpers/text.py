@@ -208,10 +208,18 @@ def hf_bpe_merges(text: str, vocab_size: int, pattern: str = SPLIT_PATTERN) -> l
 # --------------------------------------------------------------------------- language-model batches
 
 
-# Character-level Tiny Shakespeare recipes for the benchmarks: notebook 03's cpu profile, and nanoGPT's CPU
-# configuration (learning rate 1e-3) for comparison. Warm-up is a fraction of the steps.
+# Notebook 03's character-level model for each profile: the notebook, `python -m helpers.train_cli
+# shakespeare` and the benchmarks train it (tests/test_train_cli.py checks it against the notebook).
+SHAKESPEARE_RECIPES = dict(
+    ci=dict(n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=12, lr=3e-3, steps=400, dropout=0.0),
+    cpu=dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=3e-3, steps=3000, dropout=0.0),
+    gpu=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, lr=1e-3, steps=5000, dropout=0.2),
+)
+
+# The benchmarks' recipes: notebook 03's cpu profile, and nanoGPT's CPU configuration (learning rate 1e-3)
+# for comparison. Warm-up is a fraction of the steps.
 LM_RECIPES = {
-    "cpu": dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=3e-3, min_lr=3e-4, warmup=0.05),
+    "cpu": dict(SHAKESPEARE_RECIPES["cpu"], min_lr=3e-4, warmup=0.05),
     "nanogpt": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, min_lr=1e-4, warmup=0.05),
 }
 

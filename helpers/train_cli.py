@@ -31,6 +31,7 @@ import time
 import torch
 
 from .config import PROFILES, get_device, is_main_process, pick, seed_everything, summary
+from .text import SHAKESPEARE_RECIPES
 
 
 def _rank() -> int:
@@ -44,14 +45,6 @@ def _world() -> int:
 def _log(*args):
     if is_main_process():
         print(*args, flush=True)
-
-
-# Notebook 03's hyper-parameters for each profile (tests/test_train_cli.py checks that the two agree).
-SHAKESPEARE_RECIPES = dict(
-    ci=dict(n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=12, lr=3e-3, steps=400, dropout=0.0),
-    cpu=dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=3e-3, steps=3000, dropout=0.0),
-    gpu=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, lr=1e-3, steps=5000, dropout=0.2),
-)
 
 
 def train_shakespeare(profile: str, steps: int | None, seconds: float | None, device) -> dict:
