@@ -15,6 +15,7 @@ a clip gives the same logits alone and padded in a batch.
 from __future__ import annotations
 
 import base64
+import math
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -111,6 +112,11 @@ class AudioConfig:
     n_fft: int = 256  # 32 ms analysis window at 8 kHz
     hop_length: int = 80  # 10 ms between frames
     n_mels: int = 40
+    # Recording conditions differ more between FSDD's speakers than their voices do; three steps make the
+    # features depend on the sound of the digit, not on the microphone (see LogMel). None / 0 turns one off.
+    pre_emphasis: float = 0.97  # y[n] = x[n] - 0.97 x[n-1], after removing the DC offset: flattens the spectral tilt
+    floor_db: float | None = 30.0  # raise every value more than this many dB below the clip's loudest to that floor
+    speech_db: float | None = 30.0  # mean normalisation over the frames within this many dB of the loudest frame
     n_mfcc: int = 0  # 0: the model reads the log-mel bands; > 0: their cepstral coefficients 1..n_mfcc (no c0)
     conv_channels: int = 128
     n_layer: int = 3
@@ -126,21 +132,52 @@ class AudioConfig:
 
 
 class LogMel(nn.Module):
-    """Waveform ``(N,)`` -> features ``(T, n_mels)``: log-mel energies minus their mean over the clip.
-    Subtracting the mean (cepstral mean normalisation) removes the loudness and the microphone's
-    colouring, which differ between speakers and sessions but say nothing about the digit.
-    T = 1 + N // hop_length."""
+    """Waveform ``(..., N)`` -> features ``(..., T, n_mels)``: log-mel energies, made independent of the recording.
+
+    A microphone, its gain and the room change the spectrum as much as a new voice does, so on top of the
+    log-mel spectrogram (``torchaudio.transforms.MelSpectrogram``, then a log) this applies four steps,
+    each switched by :class:`AudioConfig`:
+
+    1. remove the clip's DC offset (its mean sample), then **pre-emphasis** ``x[n] - 0.97 x[n-1]``, a gentle
+       high-pass that evens out microphones with more or less bass (``pre_emphasis``, 0 = off);
+    2. a **noise floor**: every value more than ``floor_db`` dB below the clip's loudest is raised to that
+       floor, so a clip with digital silence and a clip with a hissing microphone look alike between words;
+    3. **mean normalisation** (cepstral mean normalisation): subtract each band's mean over the clip's
+       frames, which removes a constant gain per band (loudness, the microphone's colouring);
+    4. that mean is taken over the **speech frames** only, those within ``speech_db`` dB of the loudest
+       frame, so it does not depend on how much silence surrounds the word.
+
+    With all four off (``AudioConfig(pre_emphasis=0, floor_db=None, speech_db=None)``) the features are the
+    plain log-mel bands minus their mean over time. T = 1 + N // hop_length.
+    """
 
     def __init__(self, cfg: AudioConfig):
         super().__init__()
+        self.config = cfg
         self.transform = torchaudio.transforms.MelSpectrogram(
             cfg.sample_rate, n_fft=cfg.n_fft, hop_length=cfg.hop_length, n_mels=cfg.n_mels, f_max=cfg.sample_rate / 2
         )
 
     def forward(self, waveform: torch.Tensor) -> torch.Tensor:
-        x = torch.log(self.transform(waveform) + 1e-6)  # (n_mels, T)
-        x = x - x.mean(dim=-1, keepdim=True)  # per clip, over time
-        return x.transpose(-1, -2)  # (T, n_mels)
+        cfg = self.config
+        if cfg.pre_emphasis:
+            w = waveform - waveform.mean(dim=-1, keepdim=True)  # DC offset
+            waveform = torch.cat([w[..., :1], w[..., 1:] - cfg.pre_emphasis * w[..., :-1]], dim=-1)
+        power = self.transform(waveform)  # (..., n_mels, T)
+        x = torch.log(power + 1e-6)
+        if cfg.floor_db is not None:
+            x = torch.maximum(x, x.amax(dim=(-2, -1), keepdim=True) - cfg.floor_db * _NATS_PER_DB)
+        if cfg.speech_db is not None:
+            energy = torch.log(power.sum(dim=-2) + 1e-10)  # (..., T): each frame's total energy
+            speech = energy >= energy.amax(dim=-1, keepdim=True) - cfg.speech_db * _NATS_PER_DB
+            weights = speech.unsqueeze(-2).to(x.dtype)  # (..., 1, T)
+            mean = (x * weights).sum(dim=-1, keepdim=True) / weights.sum(dim=-1, keepdim=True)
+        else:
+            mean = x.mean(dim=-1, keepdim=True)
+        return (x - mean).transpose(-1, -2)  # (..., T, n_mels)
+
+
+_NATS_PER_DB = math.log(10) / 10  # a power ratio of 1 dB is a difference of 0.23 in the natural log
 
 
 def pad_features(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -22,8 +22,11 @@ def tone(seconds=0.5, rate=8000, freq=440.0):
 # --------------------------------------------------------------------------- features
 
 
-def test_features_are_log_mel_minus_the_clip_mean():
-    cfg = audio.AudioConfig()
+PLAIN = dict(pre_emphasis=0, floor_db=None, speech_db=None)  # LogMel without its recording-independence steps
+
+
+def test_plain_features_are_log_mel_minus_the_clip_mean():
+    cfg = audio.AudioConfig(**PLAIN)
     wave = torch.randn(4000) * 0.1
     feats = audio.LogMel(cfg)(wave)
     assert feats.shape == (1 + 4000 // cfg.hop_length, cfg.n_mels)  # (T, F)
@@ -33,8 +36,48 @@ def test_features_are_log_mel_minus_the_clip_mean():
     torch.testing.assert_close(feats.mean(0), torch.zeros(cfg.n_mels), atol=1e-5, rtol=0)
 
 
+def word(seconds=0.4, rate=8000, pad=400):
+    """A zero-mean 'word': noise and a tone under a Hann envelope, with `pad` samples of silence each side."""
+    n = int(seconds * rate)
+    g = torch.Generator().manual_seed(0)
+    t = torch.arange(n) / rate
+    burst = (0.1 * torch.randn(n, generator=g) + 0.3 * torch.sin(2 * math.pi * 300 * t)) * torch.hann_window(n)
+    wave = torch.cat([torch.zeros(pad), burst, torch.zeros(pad)])
+    return wave - wave.mean()
+
+
+def test_features_ignore_gain_dc_offset_and_surrounding_silence():
+    cfg = audio.AudioConfig()
+    features = audio.LogMel(cfg)
+    wave = word()
+    feats = features(wave)  # (T, n_mels)
+    torch.testing.assert_close(features(8.0 * wave), feats, atol=2e-3, rtol=0)  # a louder recording
+    torch.testing.assert_close(features(wave + 0.05), feats, atol=1e-4, rtol=0)  # a microphone with a DC offset
+    # 1 s of silence before the word and 0.5 s after it: the word's frames are unchanged (the floor and the
+    # mean come from the loudest frames), the new frames sit on the floor.
+    longer = features(torch.cat([torch.zeros(8000), wave, torch.zeros(4000)]))
+    shift = 8000 // cfg.hop_length
+    torch.testing.assert_close(longer[shift : shift + len(feats)], feats, atol=1e-4, rtol=0)
+    # Without the speech-only mean, the silence would move every feature of the word.
+    plain = audio.LogMel(audio.AudioConfig(speech_db=None))
+    moved = plain(torch.cat([torch.zeros(8000), wave, torch.zeros(4000)]))[shift : shift + len(feats)] - plain(wave)
+    assert moved.abs().max() > 1.0
+
+
+def test_noise_floor_bounds_the_range_of_every_band():
+    for floor_db in (20.0, 30.0):
+        feats = audio.LogMel(audio.AudioConfig(floor_db=floor_db))(word())  # (T, n_mels)
+        band_range = feats.amax(0) - feats.amin(0)  # the mean subtraction shifts a band, it does not stretch it
+        floor = floor_db * math.log(10) / 10  # dB -> natural log units
+        assert (band_range <= floor + 1e-4).all()
+        torch.testing.assert_close(band_range.max(), torch.tensor(floor))  # the loudest band spans the whole range
+    # Without the floor, digital silence reaches log(1e-6): a range of more than 60 dB.
+    bare = audio.LogMel(audio.AudioConfig(floor_db=None))(word())
+    assert (bare.amax(0) - bare.amin(0)).max() > 60 * math.log(10) / 10
+
+
 def test_mfcc_shapes_and_reference():
-    cfg = audio.AudioConfig(n_mfcc=13)
+    cfg = audio.AudioConfig(n_mfcc=13, **PLAIN)
     model = audio.AudioClassifier(cfg)
     wave = torch.randn(3333) * 0.1
     feats = model.featurize([wave])[0]  # the model's features stay log-mel bands
@@ -162,13 +205,15 @@ def test_training_learns_and_checkpoint_round_trips(tmp_path, monkeypatch):
     from helpers import fit
 
     monkeypatch.setenv("TFS_DATA_DIR", str(tmp_path))
-    # Two "digits": low and high tones of random lengths; the tiny model must tell them apart.
+    # Two "digits": low and high tones of random lengths that fade in and out (a steady tone would be all
+    # mean, which the features remove); the tiny model must tell them apart.
     g = torch.Generator().manual_seed(0)
     waves = [tone(0.1 + 0.3 * torch.rand(1, generator=g).item(), freq=300 if i % 2 else 1500) for i in range(16)]
+    waves = [w * torch.hann_window(len(w)) for w in waves]
     labels = torch.arange(16) % 2
     model = tiny_model()
     feats = model.featurize(waves)
-    history = fit(model, audio.make_batches(feats, labels, 8, g, audio.Augment(0.1, 0.1, 2, 2)), steps=20, lr=3e-3,
+    history = fit(model, audio.make_batches(feats, labels, 8, g, audio.Augment(0.1, 0.1, 2, 2)), steps=40, lr=3e-3,
                   loss_fn=audio.classification_loss, progress=False, device="cpu")
     assert history.train_loss[-1] < history.train_loss[0]
     assert (model.classify(feats) == labels).float().mean() >= 0.9
