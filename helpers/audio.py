@@ -136,7 +136,7 @@ class LogMel(nn.Module):
 
     A microphone, its gain and the room change the spectrum as much as a new voice does, so on top of the
     log-mel spectrogram (``torchaudio.transforms.MelSpectrogram``, then a log) this applies four steps,
-    each switched by :class:`AudioConfig`:
+    three of them settings of :class:`AudioConfig`:
 
     1. remove the clip's DC offset (its mean sample), then **pre-emphasis** ``x[n] - 0.97 x[n-1]``, a gentle
        high-pass that evens out microphones with more or less bass (``pre_emphasis``, 0 = off);
@@ -147,7 +147,7 @@ class LogMel(nn.Module):
     4. that mean is taken over the **speech frames** only, those within ``speech_db`` dB of the loudest
        frame, so it does not depend on how much silence surrounds the word.
 
-    With all four off (``AudioConfig(pre_emphasis=0, floor_db=None, speech_db=None)``) the features are the
+    With those three off (``AudioConfig(pre_emphasis=0, floor_db=None, speech_db=None)``) the features are the
     plain log-mel bands minus their mean over time. T = 1 + N // hop_length.
     """
 
