@@ -54,26 +54,15 @@ def test_shakespeare_under_torchrun_two_processes(tmp_path):
     assert model.checkpoint_extra["val_loss_per_char"] < torch.log(torch.tensor(65.0)).item()  # it learned something
 
 
-def notebook_hyperparameters(name: str) -> dict[str, dict]:
-    """The profiles' dicts of the notebook's `hp = pick(ci=dict(...), cpu=dict(...), gpu=dict(...))` cell."""
-    import ast
-    import json
-    from pathlib import Path
-
-    notebook = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / name).read_text())
-    for cell in notebook["cells"]:
-        source = "".join(cell["source"])
-        if cell["cell_type"] == "code" and source.startswith("hp = pick("):
-            call = ast.parse(source).body[0].value
-            return {kw.arg: {k.arg: ast.literal_eval(k.value) for k in kw.value.keywords} for kw in call.keywords}
-    raise AssertionError(f"{name} has no `hp = pick(...)` cell")
-
-
-def test_shakespeare_recipes_match_notebook_03():
+def test_shakespeare_recipes_match_notebook_03(notebook_code):
     # The command line, the benchmarks and the notebook train the same model; they must not drift apart.
+    import ast
+
     from helpers.text import LM_RECIPES
 
-    notebook = notebook_hyperparameters("03_language_modelling.ipynb")
+    # The cell `hp = pick(ci=dict(...), cpu=dict(...), gpu=dict(...))`: each profile's dict.
+    call = ast.parse(notebook_code("03_language_modelling.ipynb", "hp = pick(")).body[0].value
+    notebook = {kw.arg: {k.arg: ast.literal_eval(k.value) for k in kw.value.keywords} for kw in call.keywords}
     model_keys = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "lr"]
     for profile, recipe in train_cli.SHAKESPEARE_RECIPES.items():
         assert {k: recipe[k] for k in model_keys + ["steps"]} == {k: notebook[profile][k] for k in model_keys + ["steps"]}
