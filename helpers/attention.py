@@ -1,4 +1,6 @@
-"""Attention: the einsum reference, masks, and multi-head attention with a fast path.
+"""Attention: the einsum reference, masks, rotary positions, and multi-head attention with a fast path:
+self-attention (optionally with fewer key/value heads than query heads, and rotary positions) and
+cross-attention to a memory sequence.
 
 Mask convention, used everywhere in the course: a boolean mask is ``True`` where attention is
 *allowed* (the convention of ``F.scaled_dot_product_attention``). A padding mask is ``True`` for
@@ -56,16 +58,19 @@ def combine_masks(causal: bool, padding, t_q: int, t_k: int, device=None):
 
 
 class KVCache:
-    """Keys and values of the positions generated so far, one buffer per layer.
+    """Keys and values of the positions generated so far, one buffer per layer, and the keys and values
+    of a memory (cross-attention), computed once.
 
-    Buffers are allocated once, (B, H, max_len, D) per layer, so each new token costs one write
-    instead of a concatenation of the whole prefix.
+    Buffers are allocated once, (B, H_kv, max_len, D) per layer, so each new token costs one write instead
+    of a concatenation of the whole prefix (attention still reads every stored key). With grouped-query
+    attention only the ``n_kv_head`` key/value heads are stored, not one per query head.
     """
 
     def __init__(self, n_layer, batch, n_head, max_len, head_dim, device=None, dtype=torch.float32):
         shape = (batch, n_head, max_len, head_dim)
         self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
         self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.memory: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * n_layer  # cross-attention (k, v)
         self.max_len = max_len
         self.length = 0  # positions already stored; advanced by the model after all layers
 
@@ -77,47 +82,146 @@ class KVCache:
         self.v[layer][:, :, start:end] = v
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
+    def numel(self) -> int:
+        """Numbers held for the self-attention keys and values (all layers, all positions)."""
+        return sum(t.numel() for t in self.k + self.v)
 
-class MultiHeadAttention(nn.Module):
-    """Multi-head self-attention: one projection to queries, keys and values, ``n_head`` heads in
-    parallel, and an output projection. Fast path: ``F.scaled_dot_product_attention``.
 
-    Set ``store_weights = True`` (or use :func:`helpers.model.collect_attention`) to run the einsum
-    reference instead and keep the attention weights in ``self.weights`` for plotting.
+# --------------------------------------------------------------------------- rotary positions
+
+
+def rope_angles(head_dim: int, n_positions: int, theta: float = 10000.0, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and sin of the rotation angles of rotary position embeddings (RoPE, Su et al. 2021), each
+    (n_positions, head_dim).
+
+    Dimension i of the first half and dimension i + head_dim/2 form a pair, rotated at position t by the
+    angle t * theta^(-2i / head_dim): fast for the first pairs, slow for the last (the "rotate-half" pairing
+    of Hugging Face's Llama; llama.cpp pairs adjacent dimensions instead, the same rotation on reordered rows).
     """
+    # in float32, as Hugging Face's Llama computes them, so that the two agree to the last bit
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=device).float() / head_dim)  # (D/2,)
+    angles = torch.arange(n_positions, device=device).float()[:, None] * inv_freq  # (T, D/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (T, D): the same angle for both members of a pair
+    return angles.cos(), angles.sin()
 
-    def __init__(self, d_model: int, n_head: int, dropout: float = 0.0, bias: bool = True, layer: int = 0):
+
+def rotate_half(x: torch.Tensor) -> torch.Tensor:
+    """(x1, x2) -> (-x2, x1) on the two halves of the last dimension: a quarter turn of every pair."""
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat([-x2, x1], dim=-1)
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotate every pair of dimensions of queries or keys (B, H, T, D) by its position's angle:
+    (T, D) cos and sin. A query at position m and a key at position n then have a dot product that
+    depends on m - n only."""
+    return x * cos.to(x.dtype) + rotate_half(x) * sin.to(x.dtype)
+
+
+# --------------------------------------------------------------------------- attention layers
+
+
+class ResidualProjection(nn.Linear):
+    """A ``Linear`` layer whose output is added to the residual stream (the last layer of attention and of
+    the MLP). It computes what ``nn.Linear`` computes; its type lets the initialisation find it and scale
+    it down (:func:`helpers.model.init_weights`)."""
+
+
+class _Attention(nn.Module):
+    """What self- and cross-attention share: heads, the output projection, and the attention itself,
+    by ``F.scaled_dot_product_attention`` or, with ``store_weights = True`` (or
+    :func:`helpers.model.collect_attention`), by the einsum reference, keeping the weights in ``self.weights``."""
+
+    def __init__(self, d_model: int, n_head: int, n_kv_head: int | None, dropout: float, bias: bool, layer: int):
         super().__init__()
+        n_kv_head = n_kv_head or n_head
         if d_model % n_head:
             raise ValueError(f"d_model={d_model} is not divisible by n_head={n_head}")
-        self.n_head, self.head_dim, self.layer = n_head, d_model // n_head, layer
-        self.qkv = nn.Linear(d_model, 3 * d_model, bias=bias)
-        self.proj = nn.Linear(d_model, d_model, bias=bias)
+        if n_head % n_kv_head:
+            raise ValueError(f"n_head={n_head} is not a multiple of n_kv_head={n_kv_head}")
+        self.n_head, self.n_kv_head, self.head_dim, self.layer = n_head, n_kv_head, d_model // n_head, layer
         self.dropout = dropout
-        self.resid_dropout = nn.Dropout(dropout)
         self.store_weights = False
         self.weights = None
 
-    def forward(self, x, *, causal: bool = False, padding_mask=None, cache: KVCache | None = None):
-        B, T, C = x.shape
-        # (B, T, 3C) -> three (B, H, T, D) tensors
-        q, k, v = self.qkv(x).view(B, T, 3, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)
-        if cache is not None:
-            k, v = cache.update(self.layer, k, v)  # (B, H, T_past + T, D)
-        t_k = k.size(2)
+    def _output_layers(self, d_model: int, bias: bool):
+        """The output projection, made after the input projections (so parameters are initialised in the
+        order they are used)."""
+        self.proj = ResidualProjection(d_model, d_model, bias=bias)
+        self.resid_dropout = nn.Dropout(self.dropout)
 
+    def attend(self, q, k, v, mask=None, is_causal=False) -> torch.Tensor:
+        """q (B, H, Tq, D), k and v (B, H_kv, Tk, D) -> (B, Tq, H * D) through the output projection.
+        Each group of H / H_kv query heads shares one key/value head."""
         if self.store_weights:
-            mask = combine_masks(causal, padding_mask, T, t_k, device=x.device)
+            if self.n_kv_head != self.n_head:  # the reference spells the sharing out: repeat each kv head
+                k, v = (t.repeat_interleave(self.n_head // self.n_kv_head, dim=1) for t in (k, v))
+            if is_causal:
+                mask = causal_mask(q.size(2), k.size(2), device=q.device)
             out, self.weights = einsum_attention(q, k, v, mask, return_weights=True)
         else:
-            p = self.dropout if self.training else 0.0
-            if causal and padding_mask is None and t_k == T:
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=p, is_causal=True)
-            else:
-                # A single query with a cache sees every stored key: no mask needed.
-                needs_causal = causal and T > 1
-                mask = combine_masks(needs_causal, padding_mask, T, t_k, device=x.device)
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=p)
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=is_causal,
+                                                 dropout_p=self.dropout if self.training else 0.0,
+                                                 enable_gqa=self.n_kv_head != self.n_head)
+        B, H, T, D = out.shape
+        return self.resid_dropout(self.proj(out.transpose(1, 2).reshape(B, T, H * D)))  # heads side by side
 
-        out = out.transpose(1, 2).reshape(B, T, C)  # re-assemble the heads side by side
-        return self.resid_dropout(self.proj(out))
+
+class MultiHeadAttention(_Attention):
+    """Multi-head self-attention: one projection to queries, keys and values, ``n_head`` heads in
+    parallel, and an output projection. Fast path: ``F.scaled_dot_product_attention``.
+
+    ``n_kv_head`` < ``n_head`` is grouped-query attention (GQA, Ainslie et al. 2023): fewer key/value
+    heads, each shared by ``n_head / n_kv_head`` query heads, so the KV cache shrinks by that factor.
+    ``rope=(cos, sin)`` rotates queries and keys by their positions (rotary embeddings) before the cache
+    stores them.
+    """
+
+    def __init__(self, d_model: int, n_head: int, dropout: float = 0.0, bias: bool = True, layer: int = 0,
+                 n_kv_head: int | None = None):
+        super().__init__(d_model, n_head, n_kv_head, dropout, bias, layer)
+        # one matrix for all three: (n_head + 2 * n_kv_head) * head_dim outputs, queries first
+        self.qkv = nn.Linear(d_model, (self.n_head + 2 * self.n_kv_head) * self.head_dim, bias=bias)
+        self._output_layers(d_model, bias)
+
+    def forward(self, x, *, causal: bool = False, padding_mask=None, cache: KVCache | None = None, rope=None):
+        B, T, C = x.shape
+        q, k, v = self.qkv(x).split([C, self.n_kv_head * self.head_dim, self.n_kv_head * self.head_dim], dim=-1)
+        q = q.view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = k.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # (B, H_kv, T, D)
+        v = v.view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)
+        if rope is not None:
+            q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        if cache is not None:
+            k, v = cache.update(self.layer, k, v)  # (B, H_kv, T_past + T, D)
+        t_k = k.size(2)
+        if causal and padding_mask is None and t_k == T:
+            return self.attend(q, k, v, is_causal=True)
+        # A single query with a cache sees every stored key: no causal mask needed.
+        return self.attend(q, k, v, mask=combine_masks(causal and T > 1, padding_mask, T, t_k, device=x.device))
+
+
+class CrossAttention(_Attention):
+    """Cross-attention: queries from the sequence ``x`` (B, T, C), keys and values from a memory
+    (B, S, C) of another length, e.g. the encoder's states in an encoder-decoder, or a condition.
+    ``memory_mask`` (B, S) is True for real memory positions. During generation the memory's keys and
+    values are computed once and kept in the cache (``cache.memory``)."""
+
+    def __init__(self, d_model: int, n_head: int, dropout: float = 0.0, bias: bool = True, layer: int = 0):
+        super().__init__(d_model, n_head, None, dropout, bias, layer)
+        self.q = nn.Linear(d_model, d_model, bias=bias)
+        self.kv = nn.Linear(d_model, 2 * d_model, bias=bias)
+        self._output_layers(d_model, bias)
+
+    def forward(self, x, memory, *, memory_mask=None, cache: KVCache | None = None):
+        B, T, C = x.shape
+        q = self.q(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # (B, H, T, D)
+        if cache is not None and cache.memory[self.layer] is not None:
+            k, v = cache.memory[self.layer]
+        else:
+            S = memory.size(1)
+            k, v = self.kv(memory).view(B, S, 2, self.n_head, self.head_dim).permute(2, 0, 3, 1, 4)  # (B, H, S, D)
+            if cache is not None:
+                cache.memory[self.layer] = (k, v)
+        mask = memory_mask[:, None, None, :] if memory_mask is not None else None  # (B, 1, 1, S)
+        return self.attend(q, k, v, mask=mask)

@@ -19,6 +19,8 @@ import random
 import numpy as np
 import torch
 
+from .distributed import local_rank
+
 PROFILES = ("ci", "cpu", "gpu")
 
 
@@ -26,23 +28,26 @@ def _truthy(value: str | None) -> bool:
     return (value or "").strip().lower() in {"1", "true", "yes", "on"}
 
 
-def get_profile() -> str:
-    """The active profile: ``$TFS_PROFILE`` if set, else ``gpu`` with CUDA and ``cpu`` without."""
-    value = os.environ.get("TFS_PROFILE", "").strip().lower()
+def get_profile(profile: str | None = None) -> str:
+    """The profile to use: ``profile`` if given, else ``$TFS_PROFILE`` if set, else ``gpu`` with CUDA
+    and ``cpu`` without. Case and surrounding spaces do not matter (``CPU`` is ``cpu``); anything
+    else is a ``ValueError`` that lists the profiles. Every reader of the profile calls this."""
+    value = (profile if profile is not None else os.environ.get("TFS_PROFILE", "")).strip().lower()
     if not value:
         return "gpu" if torch.cuda.is_available() else "cpu"
     if value not in PROFILES:
+        source = "the profile" if profile is not None else "TFS_PROFILE"
         raise ValueError(
-            f"TFS_PROFILE={value!r} is not a profile; use one of {', '.join(PROFILES)} "
-            "(or unset it to choose gpu/cpu from the hardware)."
+            f"{source}={value!r} is not a profile; use one of {', '.join(PROFILES)} "
+            "(or leave it unset to choose gpu/cpu from the hardware)."
         )
     return value
 
 
 def pick(*, ci, cpu, gpu, profile: str | None = None):
-    """Return the value for the active profile, e.g. ``steps = pick(ci=200, cpu=3000, gpu=20000)``."""
-    profile = profile or get_profile()
-    return {"ci": ci, "cpu": cpu, "gpu": gpu}[profile]
+    """Return the value for the active profile, e.g. ``steps = pick(ci=200, cpu=3000, gpu=20000)``,
+    or a whole recipe: ``hp = pick(**recipes.ARITHMETIC)``."""
+    return {"ci": ci, "cpu": cpu, "gpu": gpu}[get_profile(profile)]
 
 
 def is_offline() -> bool:
@@ -68,17 +73,10 @@ def get_device(prefer: str | None = None) -> torch.device:
     if choice:
         return torch.device(choice)
     if torch.cuda.is_available():
-        # under torchrun each process drives the GPU of its local rank
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        return torch.device("cuda", local_rank())  # under torchrun, the GPU of this process
     if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
-
-
-def is_main_process() -> bool:
-    """True on rank 0 of a distributed (torchrun) run, and in every ordinary single-process run."""
-    dist = torch.distributed
-    return not (dist.is_available() and dist.is_initialized()) or dist.get_rank() == 0
 
 
 def seed_everything(seed: int = 0) -> torch.Generator:

@@ -21,7 +21,6 @@ import gzip
 import hashlib
 import os
 import shutil
-import tempfile
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from .config import is_offline
+from .files import atomic_write
 
 
 class DataError(RuntimeError):
@@ -38,6 +38,11 @@ class DataError(RuntimeError):
 
 class DataUnavailableError(DataError):
     """The data is in neither the cache nor the mirror, and cannot be downloaded."""
+
+
+class OfflineError(DataUnavailableError):
+    """Something the course would download (a data set, pretrained weights) is needed while
+    ``TFS_OFFLINE`` forbids the network. The message says where it looked and what to do."""
 
 
 class ChecksumError(DataError):
@@ -59,11 +64,31 @@ class RemoteFile:
 
 
 @dataclass(frozen=True)
+class FolderDigest:
+    """A folder of many small files (such as one image per file), verified as a whole.
+
+    ``sha256`` is :func:`folder_sha256` of the folder: the digest of every file's relative path and
+    contents, in sorted order, so a missing, extra, renamed or changed file changes it.
+    """
+
+    path: str  # relative to the cache and the mirror
+    sha256: str
+    n_files: int
+
+
+@dataclass(frozen=True)
 class DatasetInfo:
     name: str
     description: str
     homepage: str
     files: tuple[RemoteFile, ...]
+    folders: tuple[FolderDigest, ...] = ()
+
+    def folder(self, path: str) -> FolderDigest:
+        for f in self.folders:
+            if f.path == path:
+                return f
+        raise KeyError(f"{self.name} has no folder {path!r}")
 
     def file(self, path: str) -> RemoteFile:
         for f in self.files:
@@ -91,7 +116,9 @@ register(
         files=(
             RemoteFile(
                 "tinyshakespeare/input.txt",
-                "https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt",
+                # char-rnn at a fixed commit, so the bytes never move under the checksum
+                "https://raw.githubusercontent.com/karpathy/char-rnn/d1d7aa34fdb3626174bce1d753e6cc6845ce7087/"
+                "data/tinyshakespeare/input.txt",
                 "86c4e6aa9db7c042ec79f339dcb96d42b0075e16b8fc2e86bf0ca57e2dc565ed",
             ),
         ),
@@ -157,6 +184,28 @@ def sha256sum(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def folder_sha256(folder: Path) -> tuple[str, int]:
+    """The SHA-256 of a folder's files (each one's path relative to ``folder``, then its bytes, in sorted
+    order) and how many files it holds."""
+    digest, count = hashlib.sha256(), 0
+    for path in sorted(p for p in Path(folder).rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes())
+        count += 1
+    return digest.hexdigest(), count
+
+
+def verify_folder(folder: Path, expected: FolderDigest, dataset: str):
+    """Raise :class:`ChecksumError` unless ``folder`` holds exactly the files of ``expected``."""
+    actual, count = folder_sha256(folder)
+    if actual != expected.sha256:
+        raise ChecksumError(
+            f"{dataset}: the folder {folder} ({count} files) does not match its registered SHA-256 "
+            f"({expected.n_files} files, {expected.sha256[:16]}...). A file is missing, extra or changed: "
+            "restore the folder from the course data mirror, or delete it to use another source."
+        )
+
+
 def _matches(path: Path, sha256: str) -> bool:
     stat = path.stat()
     key = (str(path), stat.st_size, stat.st_mtime)
@@ -198,7 +247,7 @@ def fetch_file(remote: RemoteFile, dataset: str | None = None) -> Path:
 
     looked = f"the cache {cached}" + (f" and the mirror {mirror / remote.path}" if mirror else "")
     if is_offline():
-        raise DataUnavailableError(
+        raise OfflineError(
             f"{dataset}: {remote.path} is not available offline (looked in {looked}). "
             "Either point TFS_DATA_MIRROR at a folder holding the course data, copy the file into "
             f"{data_dir()}, or unset TFS_OFFLINE to download it from {remote.url}."
@@ -207,22 +256,18 @@ def fetch_file(remote: RemoteFile, dataset: str | None = None) -> Path:
 
 
 def download(remote: RemoteFile, dest: Path, dataset: str = "data") -> Path:
-    """Download ``remote`` to ``dest`` atomically, verifying its SHA-256."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=dest.name + ".", suffix=".part", dir=dest.parent)
-    tmp = Path(tmp_name)
-    try:
-        with os.fdopen(fd, "wb") as out:
-            request = urllib.request.Request(remote.url, headers={"User-Agent": "transformers-from-scratch"})
-            try:
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    source = gzip.GzipFile(fileobj=response) if remote.gunzip else response
-                    shutil.copyfileobj(source, out, length=1 << 20)
-            except OSError as err:
-                raise DataUnavailableError(
-                    f"{dataset}: could not download {remote.url} ({err}). Check the network, or set "
-                    "TFS_DATA_MIRROR to a folder holding the course data."
-                ) from err
+    """Download ``remote`` to ``dest`` atomically, verifying its SHA-256 before it is renamed into place."""
+    with atomic_write(dest) as tmp:
+        request = urllib.request.Request(remote.url, headers={"User-Agent": "transformers-from-scratch"})
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response, open(tmp, "wb") as out:
+                source = gzip.GzipFile(fileobj=response) if remote.gunzip else response
+                shutil.copyfileobj(source, out, length=1 << 20)
+        except OSError as err:
+            raise DataUnavailableError(
+                f"{dataset}: could not download {remote.url} ({err}). Check the network, or set "
+                "TFS_DATA_MIRROR to a folder holding the course data."
+            ) from err
         actual = sha256sum(tmp)
         if actual != remote.sha256:
             raise ChecksumError(
@@ -230,9 +275,6 @@ def download(remote: RemoteFile, dest: Path, dataset: str = "data") -> Path:
                 "Nothing was saved. Try again; if it persists, the source has changed and the registry "
                 "in helpers/data.py needs updating."
             )
-        os.replace(tmp, dest)
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
@@ -240,7 +282,25 @@ def fetch(name: str) -> dict[str, Path]:
     """Fetch every file of a registered data set; returns ``{relative path: local path}``."""
     if name not in REGISTRY:
         raise KeyError(f"unknown data set {name!r}; registered: {', '.join(sorted(REGISTRY))}")
-    return {f.path: fetch_file(f, name) for f in REGISTRY[name].files}
+    return dict(zip([f.path for f in REGISTRY[name].files], fetch_files(REGISTRY[name].files, name), strict=True))
+
+
+def fetch_files(remotes, dataset: str, workers: int = 16) -> list[Path]:
+    """:func:`fetch_file` for many files, in order. Files already in the cache or the mirror are used as
+    they are; the others are downloaded ``workers`` at a time, with a progress bar."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    remotes = list(remotes)
+    mirror = mirror_dir()
+    missing = [r for r in remotes if not (data_dir() / r.path).exists() and not (mirror and (mirror / r.path).exists())]
+    if not missing or is_offline():  # offline, fetch_file raises the clear error for the first missing file
+        return [fetch_file(r, dataset) for r in remotes]
+    from tqdm.auto import tqdm
+
+    with ThreadPoolExecutor(workers) as pool, tqdm(total=len(missing), desc=f"downloading {dataset}") as bar:
+        for _ in pool.map(lambda r: fetch_file(r, dataset), missing):
+            bar.update(1)
+    return [fetch_file(r, dataset) for r in remotes]
 
 
 # --------------------------------------------------------------------------- loaders

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from .model import GPT
+from .model import GPT, evaluating
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -37,7 +37,6 @@ def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None)
     return torch.multinomial(probs, 1, generator=generator)
 
 
-@torch.no_grad()
 def generate(
     model: GPT,
     idx: torch.Tensor,
@@ -48,27 +47,28 @@ def generate(
     top_p: float | None = None,
     use_cache: bool = True,
     generator: torch.Generator | None = None,
+    **model_kwargs,
 ) -> torch.Tensor:
     """Extend ids ``(B, T)`` by ``max_new_tokens`` sampled tokens; returns ``(B, T + max_new_tokens)``.
 
     Without the cache (or once the sequence outgrows ``block_size``) the model re-reads the last
-    ``block_size`` tokens at every step.
+    ``block_size`` tokens at every step. ``model_kwargs`` go to every call of the model, e.g.
+    ``memory=`` and ``memory_mask=`` for a decoder with cross-attention (whose keys and values the cache
+    computes once).
     """
-    was_training = model.training
-    model.eval()
     block = model.config.block_size
     total = idx.size(1) + max_new_tokens
     cache = model.new_cache(idx.size(0), max_len=min(total, block)) if use_cache and idx.size(1) < block else None
-    logits = model(idx[:, -block:], cache=cache)[:, -1]
-    for i in range(max_new_tokens):
-        nxt = sample_next(logits, temperature, top_k, top_p, generator)
-        idx = torch.cat([idx, nxt], dim=1)
-        if i == max_new_tokens - 1:
-            break
-        if cache is not None and cache.length < cache.max_len:
-            logits = model(nxt, cache=cache)[:, -1]  # one new position
-        else:
-            cache = None
-            logits = model(idx[:, -block:])[:, -1]  # the whole (cropped) context again
-    model.train(was_training)
+    with evaluating(model):
+        logits = model(idx[:, -block:], cache=cache, **model_kwargs)[:, -1]
+        for i in range(max_new_tokens):
+            nxt = sample_next(logits, temperature, top_k, top_p, generator)
+            idx = torch.cat([idx, nxt], dim=1)
+            if i == max_new_tokens - 1:
+                break
+            if cache is not None and cache.length < cache.max_len:
+                logits = model(nxt, cache=cache, **model_kwargs)[:, -1]  # one new position
+            else:
+                cache = None
+                logits = model(idx[:, -block:], **model_kwargs)[:, -1]  # the whole (cropped) context again
     return idx

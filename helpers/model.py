@@ -1,110 +1,188 @@
-"""The shared transformer: a pre-LayerNorm block, a decoder-only ``GPT`` and a bidirectional
-``Encoder`` with a class token, both configured by one dataclass.
+"""The shared transformer: one block, a decoder-only ``GPT`` and a bidirectional ``Encoder`` with a
+class token, all configured by one dataclass.
 
 Both models take either token ids ``(B, T)`` (int64, embedded by the model) or ready-made input
 embeddings ``(B, T, n_embd)`` (float: image patches, audio frames, notes... embedded by the task),
 so that a task swaps only its input embedding and its output head.
+
+One model, many architectures: the options of :class:`TransformerConfig` (each off by default, so that
+a config without them builds the 2017-2019 transformer the course starts with) make the same code a
+GPT-2, a BERT, the decoder of the original encoder-decoder (``cross_attention``), or a Llama
+(``norm="rmsnorm"``, ``positions="rope"``, ``mlp="swiglu"``, ``n_kv_head`` < ``n_head``, ``bias=False``).
 """
 
 from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import KVCache, MultiHeadAttention
+from .attention import CrossAttention, KVCache, MultiHeadAttention, ResidualProjection, rope_angles
 
 
 @dataclass
 class TransformerConfig:
     vocab_size: int | None = None  # None: the inputs are ready-made embeddings
-    block_size: int = 256  # the longest sequence (number of learned positions)
+    block_size: int = 256  # the longest sequence (number of positions)
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
     d_ff: int | None = None  # MLP width; default 4 * n_embd
     dropout: float = 0.0
-    bias: bool = True
+    bias: bool = True  # biases in the linear layers and the LayerNorms
     norm_first: bool = True  # pre-LayerNorm (GPT-2); False: post-LayerNorm (the 2017 paper, BERT)
     activation: str = "gelu"  # "gelu" (exact), "gelu_tanh" (GPT-2's approximation) or "relu"
-    layer_norm_eps: float = 1e-5
+    layer_norm_eps: float = 1e-5  # also RMSNorm's epsilon
     n_out: int | None = None  # size of the output head; GPT: default vocab_size, Encoder: classes
     tie_weights: bool = True  # GPT: output head shares the token embedding matrix
     cls_token: bool = True  # Encoder: prepend a learned class token and classify from it
     type_vocab_size: int = 0  # Encoder: BERT's segment embeddings
     embed_norm: bool = False  # Encoder: LayerNorm after the embeddings (BERT)
+    # Modern options (Llama, Qwen, Mistral, SmolLM), and cross-attention; every one off by default.
+    norm: str = "layernorm"  # "layernorm" or "rmsnorm" (no mean subtraction, no bias)
+    positions: str = "learned"  # "learned" absolute embeddings, or "rope" (rotary, applied to queries and keys)
+    rope_theta: float = 10000.0  # RoPE's base: the slowest pair turns once in about 2 pi theta positions
+    mlp: str = "plain"  # "plain": proj(act(fc(x))); "swiglu": proj(silu(gate(x)) * up(x))
+    n_kv_head: int | None = None  # grouped-query attention: key/value heads (None: n_head)
+    cross_attention: bool = False  # GPT: each block also attends to a memory (encoder-decoder, conditioning)
+
+    def __post_init__(self):
+        for name, allowed in (("norm", NORMS), ("positions", ("learned", "rope")), ("mlp", ("plain", "swiglu")),
+                              ("activation", tuple(_ACTIVATIONS))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name}={getattr(self, name)!r}; use one of {', '.join(allowed)}")
 
     @property
     def ff_width(self) -> int:
         return self.d_ff or 4 * self.n_embd
 
+    @property
+    def head_dim(self) -> int:
+        return self.n_embd // self.n_head
 
-_ACTIVATIONS = {
-    "gelu": nn.GELU(),
-    "gelu_tanh": nn.GELU(approximate="tanh"),
-    "relu": nn.ReLU(),
+
+_ACTIVATIONS = {  # name -> a function making a fresh module, so no two MLPs share one instance
+    "gelu": nn.GELU,
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
+    "relu": nn.ReLU,
 }
+NORMS = ("layernorm", "rmsnorm")
+
+
+def make_norm(cfg: TransformerConfig) -> nn.Module:
+    """LayerNorm (centre, scale, shift) or RMSNorm (scale by the root mean square only, as Llama)."""
+    if cfg.norm == "rmsnorm":
+        return nn.RMSNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+    return nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+
+
+def transformer_config(topic_config, **overrides) -> TransformerConfig:
+    """A :class:`TransformerConfig` from a topic model's config: every field the two share by name
+    (``n_layer``, ``n_head``, ``n_embd``, ``dropout``, ...) is copied, then ``overrides`` are applied.
+
+    >>> transformer_config(PatchGPTConfig(n_layer=4), vocab_size=None, block_size=49)
+    """
+    names = {f.name for f in fields(TransformerConfig)}
+    shared = {f.name: getattr(topic_config, f.name) for f in fields(topic_config) if f.name in names}
+    unknown = set(overrides) - names
+    if unknown:
+        raise TypeError(f"TransformerConfig has no field(s) {sorted(unknown)}")
+    return TransformerConfig(**{**shared, **overrides})
 
 
 class MLP(nn.Module):
-    """Position-wise feed-forward network: widen, non-linearity, project back."""
+    """Position-wise feed-forward network: widen, non-linearity, project back.
+
+    ``mlp="swiglu"`` (Shazeer 2020; Llama): two widening maps, one through SiLU gating the other,
+    ``proj(silu(x W_gate) * x W_up)``; ``fc`` holds both matrices stacked (gate first), one multiply.
+    """
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.fc = nn.Linear(cfg.n_embd, cfg.ff_width, bias=cfg.bias)
-        self.act = _ACTIVATIONS[cfg.activation]
-        self.proj = nn.Linear(cfg.ff_width, cfg.n_embd, bias=cfg.bias)
+        self.gated = cfg.mlp == "swiglu"
+        self.fc = nn.Linear(cfg.n_embd, cfg.ff_width * (2 if self.gated else 1), bias=cfg.bias)
+        self.act = nn.SiLU() if self.gated else _ACTIVATIONS[cfg.activation]()
+        self.proj = ResidualProjection(cfg.ff_width, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x):
-        return self.dropout(self.proj(self.act(self.fc(x))))
+        h = self.fc(x)
+        if self.gated:
+            gate, up = h.chunk(2, dim=-1)
+            return self.dropout(self.proj(self.act(gate) * up))
+        return self.dropout(self.proj(self.act(h)))
 
 
 class Block(nn.Module):
-    """Attention then MLP, each wrapped in a residual connection and a LayerNorm."""
+    """Attention then MLP, each wrapped in a residual connection and a norm; with ``cross_attention``,
+    cross-attention to a memory between them (the decoder block of the 2017 Transformer)."""
 
-    def __init__(self, cfg: TransformerConfig, layer: int = 0):
+    def __init__(self, cfg: TransformerConfig, layer: int = 0, cross_attention: bool = False):
         super().__init__()
         self.norm_first = cfg.norm_first
-        self.ln1 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
-        self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, layer=layer)
-        self.ln2 = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        self.ln1 = make_norm(cfg)
+        self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, layer=layer,
+                                       n_kv_head=cfg.n_kv_head)
+        if cross_attention:
+            self.ln_cross = make_norm(cfg)
+            self.cross = CrossAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, layer=layer)
+        self.ln2 = make_norm(cfg)
         self.mlp = MLP(cfg)
 
-    def forward(self, x, *, causal=False, padding_mask=None, cache=None):
-        if self.norm_first:  # x + f(LN(x)): the residual stream is never normalised
-            x = x + self.attn(self.ln1(x), causal=causal, padding_mask=padding_mask, cache=cache)
+    def forward(self, x, *, causal=False, padding_mask=None, cache=None, rope=None, memory=None, memory_mask=None):
+        def attn(h):
+            return self.attn(h, causal=causal, padding_mask=padding_mask, cache=cache, rope=rope)
+
+        def cross(h):
+            return self.cross(h, memory, memory_mask=memory_mask, cache=cache)
+
+        has_cross = hasattr(self, "cross")
+        if has_cross and memory is None and (cache is None or cache.memory[self.attn.layer] is None):
+            raise ValueError("this block attends to a memory: pass memory=(B, S, C)")
+        if self.norm_first:  # x + f(norm(x)): the residual stream is never normalised
+            x = x + attn(self.ln1(x))
+            if has_cross:
+                x = x + cross(self.ln_cross(x))
             return x + self.mlp(self.ln2(x))
-        x = self.ln1(x + self.attn(x, causal=causal, padding_mask=padding_mask, cache=cache))
+        x = self.ln1(x + attn(x))
+        if has_cross:
+            x = self.ln_cross(x + cross(x))
         return self.ln2(x + self.mlp(x))
 
 
-def _init_weights(model: nn.Module, n_layer: int):
-    """GPT-2's initialisation: N(0, 0.02) weights, zero biases, and residual projections scaled
-    by 1/sqrt(2 * n_layer) so the residual stream's variance does not grow with depth."""
-    for name, p in model.named_parameters():
-        if name.endswith("proj.weight"):
-            nn.init.normal_(p, 0.0, 0.02 / math.sqrt(2 * n_layer))
-        elif p.dim() >= 2 or "wte" in name or "wpe" in name or name.endswith("cls"):
-            nn.init.normal_(p, 0.0, 0.02)
-        elif name.endswith(".bias") and "ln" not in name and "norm" not in name:
-            nn.init.zeros_(p)
+def init_weights(model: nn.Module, n_layer: int):
+    """GPT-2's initialisation, by module type: every ``Linear`` and ``Embedding`` weight from N(0, 0.02),
+    biases zero, norms left at (1, 0). The projections that write into the residual stream (the output
+    layers of attention and of the MLP) are scaled by 1/sqrt(2 * n_layer), so the stream's variance
+    does not grow with depth. Modules are visited in the order of ``model.modules()``."""
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            std = 0.02 / math.sqrt(2 * n_layer) if isinstance(module, ResidualProjection) else 0.02
+            nn.init.normal_(module.weight, 0.0, std)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Embedding):
+            nn.init.normal_(module.weight, 0.0, 0.02)
 
 
 class _Transformer(nn.Module):
-    """What GPT and Encoder share: embeddings of ids, learned positions, the blocks."""
+    """What GPT and Encoder share: embeddings of ids, positions (learned, or rotary angles), the blocks."""
 
-    def __init__(self, cfg: TransformerConfig, n_positions: int):
+    def __init__(self, cfg: TransformerConfig, n_positions: int, cross_attention: bool = False):
         super().__init__()
         self.config = cfg
         self.wte = nn.Embedding(cfg.vocab_size, cfg.n_embd) if cfg.vocab_size else None
-        self.wpe = nn.Embedding(n_positions, cfg.n_embd)
+        self.wpe = nn.Embedding(n_positions, cfg.n_embd) if cfg.positions == "learned" else None
+        if cfg.positions == "rope":  # not parameters: recomputed from the config, so not in the state dict
+            cos, sin = rope_angles(cfg.head_dim, n_positions, cfg.rope_theta)
+            self.register_buffer("rope_cos", cos, persistent=False)
+            self.register_buffer("rope_sin", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg, layer=i) for i in range(cfg.n_layer))
+        self.blocks = nn.ModuleList(Block(cfg, layer=i, cross_attention=cross_attention) for i in range(cfg.n_layer))
 
     def embed(self, x: torch.Tensor) -> torch.Tensor:
         """Token ids (B, T) -> (B, T, C) through the embedding table; float inputs pass through."""
@@ -116,42 +194,60 @@ class _Transformer(nn.Module):
             raise ValueError("this model has no token embedding (vocab_size=None): pass float embeddings")
         return self.wte(x)
 
+    def add_positions(self, h: torch.Tensor, start: int = 0):
+        """The embeddings plus their learned positions, and the rotary angles for attention (or None):
+        positions ``start`` .. ``start + T - 1``."""
+        T = h.size(1)
+        if self.wpe is not None:
+            return h + self.wpe(torch.arange(start, start + T, device=h.device)), None
+        return h, (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
 
 class GPT(_Transformer):
-    """Decoder-only transformer: causal self-attention, so position t sees only positions <= t."""
+    """Decoder-only transformer: causal self-attention, so position t sees only positions <= t.
+
+    With ``cross_attention`` every block also attends to a ``memory`` (B, S, C): the decoder of an
+    encoder-decoder (:class:`helpers.seq2seq.EncoderDecoder`), or a model conditioned on something else.
+    """
 
     def __init__(self, cfg: TransformerConfig):
-        super().__init__(cfg, cfg.block_size)
-        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+        super().__init__(cfg, cfg.block_size, cross_attention=cfg.cross_attention)
+        self.ln_f = make_norm(cfg)
         n_out = cfg.n_out or cfg.vocab_size
         self.head = nn.Linear(cfg.n_embd, n_out, bias=False) if n_out else nn.Identity()
-        _init_weights(self, cfg.n_layer)
+        init_weights(self, cfg.n_layer)
         if cfg.tie_weights and self.wte is not None and n_out == cfg.vocab_size:
             self.head.weight = self.wte.weight  # one matrix to read and write tokens
 
-    def forward(self, x, *, cache: KVCache | None = None, padding_mask=None):
-        """x: ids (B, T) or embeddings (B, T, C) -> (B, T, n_out) (logits over the vocabulary)."""
+    def forward(self, x, *, cache: KVCache | None = None, padding_mask=None, memory=None, memory_mask=None):
+        """x: ids (B, T) or embeddings (B, T, C) -> (B, T, n_out) (logits over the vocabulary).
+
+        memory (B, S, C) and memory_mask (B, S) (True = real) feed the cross-attention; with a cache the
+        memory's keys and values are computed at the first call and reused after it."""
         h = self.embed(x)
         T = h.size(1)
         start = cache.length if cache is not None else 0
         if start + T > self.config.block_size:
             raise ValueError(f"sequence of {start + T} positions is longer than block_size={self.config.block_size}")
-        pos = torch.arange(start, start + T, device=h.device)
-        h = self.drop(h + self.wpe(pos))
+        h, rope = self.add_positions(h, start)
+        h = self.drop(h)
         for block in self.blocks:
-            h = block(h, causal=True, padding_mask=padding_mask, cache=cache)
+            h = block(h, causal=True, padding_mask=padding_mask, cache=cache, rope=rope, memory=memory,
+                      memory_mask=memory_mask)
         if cache is not None:
             cache.length += T
         return self.head(self.ln_f(h))
 
     def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
+        """A key-value cache for ``batch`` sequences of up to ``max_len`` positions (only the
+        ``n_kv_head`` key/value heads are stored)."""
         cfg = self.config
         param = next(self.parameters())
         return KVCache(
-            cfg.n_layer, batch, cfg.n_head, max_len or cfg.block_size, cfg.n_embd // cfg.n_head,
+            cfg.n_layer, batch, cfg.n_kv_head or cfg.n_head, max_len or cfg.block_size, cfg.head_dim,
             device=device or param.device, dtype=dtype or param.dtype,
         )
 
@@ -159,8 +255,10 @@ class GPT(_Transformer):
 class Encoder(_Transformer):
     """Bidirectional transformer: every position sees every other (except padding).
 
-    With ``cls_token`` a learned vector is prepended and the output head reads it: a summary of
-    the whole sequence. Without it, :meth:`features` gives per-token states (as BERT does).
+    ``forward`` always returns the per-token states ``(B, T', C)``. With ``cls_token`` a learned vector
+    is prepended (T' = T + 1) and :meth:`pool` reads its state, a summary of the whole sequence;
+    :meth:`classify` is forward, pool and the output head ``head`` in one call. Without a class token
+    the states are the output (as BERT's, pooled by the task, e.g. :func:`mean_pool`).
     """
 
     def __init__(self, cfg: TransformerConfig):
@@ -168,13 +266,16 @@ class Encoder(_Transformer):
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.n_embd)) if cfg.cls_token else None
         self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.n_embd) if cfg.type_vocab_size else None
         self.embed_ln = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps) if cfg.embed_norm else None
-        # Pre-LN needs a final LayerNorm; post-LN blocks already end with one.
-        self.ln_f = nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias) if cfg.norm_first else nn.Identity()
+        # Pre-LN needs a final norm; post-LN blocks already end with one.
+        self.ln_f = make_norm(cfg) if cfg.norm_first else nn.Identity()
         self.head = nn.Linear(cfg.n_embd, cfg.n_out) if cfg.n_out else None
-        _init_weights(self, cfg.n_layer)
+        if self.cls is not None:
+            nn.init.normal_(self.cls, 0.0, 0.02)
+        init_weights(self, cfg.n_layer)
 
-    def features(self, x, *, padding_mask=None, token_type_ids=None):
-        """x: ids (B, T) or embeddings (B, T, C) -> hidden states (B, T', C), T' = T + 1 with a class token.
+    def forward(self, x, *, padding_mask=None, token_type_ids=None):
+        """x: ids (B, T) or embeddings (B, T, C) -> hidden states (B, T', C), T' = T + 1 with a class token
+        (its state first).
 
         padding_mask: (B, T) bool, True for real positions; the class token is always real.
         """
@@ -189,28 +290,49 @@ class Encoder(_Transformer):
             h = torch.cat([self.cls.expand(B, 1, -1), h], dim=1)
             if padding_mask is not None:
                 padding_mask = F.pad(padding_mask, (1, 0), value=True)
-        h = h + self.wpe(torch.arange(h.size(1), device=h.device))
+        h, rope = self.add_positions(h)
         if self.embed_ln is not None:
             h = self.embed_ln(h)
         h = self.drop(h)
         for block in self.blocks:
-            h = block(h, causal=False, padding_mask=padding_mask)
+            h = block(h, causal=False, padding_mask=padding_mask, rope=rope)
         return self.ln_f(h)
 
-    def forward(self, x, *, padding_mask=None, token_type_ids=None):
-        """With a class token: logits (B, n_out) read from it (or its state (B, C) without a head).
-        Without one: the per-token states (B, T, C)."""
-        h = self.features(x, padding_mask=padding_mask, token_type_ids=token_type_ids)
+    def pool(self, states: torch.Tensor) -> torch.Tensor:
+        """The class token's state: (B, T', C) -> (B, C)."""
         if self.cls is None:
-            return h
-        pooled = h[:, 0]
-        return self.head(pooled) if self.head is not None else pooled
+            raise ValueError("this Encoder has no class token (cls_token=False): pool its states yourself, "
+                             "e.g. with helpers.mean_pool(states, padding_mask)")
+        return states[:, 0]
+
+    def classify(self, x, *, padding_mask=None, token_type_ids=None) -> torch.Tensor:
+        """Logits (B, n_out) from the class token: ``head(pool(forward(x)))``."""
+        if self.head is None:
+            raise ValueError("this Encoder has no output head (n_out=None)")
+        return self.head(self.pool(self(x, padding_mask=padding_mask, token_type_ids=token_type_ids)))
 
 
 def mean_pool(hidden: torch.Tensor, padding_mask: torch.Tensor) -> torch.Tensor:
     """Average of the real (unpadded) positions: (B, T, C), (B, T) -> (B, C)."""
     weights = padding_mask.to(hidden.dtype).unsqueeze(-1)
     return (hidden * weights).sum(1) / weights.sum(1).clamp(min=1e-9)
+
+
+@contextmanager
+def evaluating(model: nn.Module):
+    """Run the ``with`` block with ``model`` in eval mode (no dropout, BatchNorm's running statistics)
+    and without gradients; the model's previous mode is restored afterwards, also after an exception.
+
+    >>> with evaluating(model):
+    ...     logits = model(x)
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            yield model
+    finally:
+        model.train(was_training)
 
 
 @contextmanager

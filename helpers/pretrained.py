@@ -5,6 +5,9 @@
   :class:`~helpers.model.Encoder` (post-LayerNorm, no class token), plus mean pooling, it gives
   the same sentence embeddings as the sentence-transformers library.
 * GPT-2 small, online only: its safetensors from the Hugging Face hub into our :class:`~helpers.model.GPT`.
+* Any Llama (Hugging Face ``LlamaForCausalLM`` names and layout): :func:`llama_config` and
+  :func:`llama_to_gpt` make it our :class:`~helpers.model.GPT` with RMSNorm, RoPE, SwiGLU and grouped-query
+  attention.
 """
 
 from __future__ import annotations
@@ -16,12 +19,8 @@ import torch
 import torch.nn.functional as F
 
 from .config import get_device, is_offline
+from .data import OfflineError
 from .model import GPT, Encoder, TransformerConfig, mean_pool
-
-
-class OfflineError(RuntimeError):
-    """Raised by loaders that need the network when ``TFS_OFFLINE`` is set."""
-
 
 # --------------------------------------------------------------------------- all-MiniLM-L6-v2
 
@@ -117,7 +116,7 @@ class SentenceEncoder:
             rows = order[start : start + batch_size]
             ids, mask = self.tokenize([sentences[i] for i in rows])
             ids, mask = ids.to(device), mask.to(device)
-            hidden = self.model.features(ids, padding_mask=mask)
+            hidden = self.model(ids, padding_mask=mask)  # (B, T, 384)
             pooled = mean_pool(hidden, mask)
             out[rows] = (F.normalize(pooled, dim=-1) if normalize else pooled).float().cpu()
         return out
@@ -183,3 +182,49 @@ def load_gpt2(name: str = "gpt2", device=None) -> GPT:
     model = GPT(cfg)
     model.load_state_dict(gpt2_to_gpt(load_file(path), cfg.n_layer))
     return model.to(device or get_device()).eval()
+
+
+# --------------------------------------------------------------------------- Llama
+
+
+def llama_config(hf: dict) -> TransformerConfig:
+    """Our config of a Llama from a Hugging Face ``LlamaConfig`` (``config.to_dict()`` or config.json):
+    the four modern pieces switched on, no biases, embeddings tied as the model says."""
+    n_head = hf["num_attention_heads"]
+    rope = hf.get("rope_parameters") or {"rope_type": "default", "rope_theta": hf.get("rope_theta", 10000.0)}
+    if (hf.get("rope_scaling") or {}).get("rope_type", rope.get("rope_type")) not in (None, "default"):
+        raise ValueError(f"RoPE scaling {hf.get('rope_scaling') or rope} is not supported: plain RoPE only")
+    if hf.get("head_dim") not in (None, hf["hidden_size"] // n_head):
+        raise ValueError(f"head_dim={hf['head_dim']} differs from hidden_size / num_attention_heads; not supported")
+    return TransformerConfig(
+        vocab_size=hf["vocab_size"], block_size=hf["max_position_embeddings"], n_layer=hf["num_hidden_layers"],
+        n_head=n_head, n_kv_head=hf.get("num_key_value_heads") or n_head, n_embd=hf["hidden_size"],
+        d_ff=hf["intermediate_size"], bias=False, norm="rmsnorm", layer_norm_eps=hf["rms_norm_eps"],
+        positions="rope", rope_theta=float(rope["rope_theta"]), mlp="swiglu",
+        tie_weights=bool(hf.get("tie_word_embeddings", False)),
+    )
+
+
+def llama_to_gpt(sd: dict[str, torch.Tensor], n_layer: int) -> dict[str, torch.Tensor]:
+    """Rename a ``LlamaForCausalLM`` state dict to our GPT's names. Queries, keys and values become one
+    stacked ``qkv`` matrix, the gate and up projections one ``fc`` matrix (gate first): one multiply each."""
+    out = {"wte.weight": sd["model.embed_tokens.weight"], "ln_f.weight": sd["model.norm.weight"],
+           "head.weight": sd.get("lm_head.weight", sd["model.embed_tokens.weight"])}
+    for i in range(n_layer):
+        src, dst = f"model.layers.{i}.", f"blocks.{i}."
+        attn, mlp = src + "self_attn.", src + "mlp."
+        out[dst + "attn.qkv.weight"] = torch.cat([sd[attn + f"{n}_proj.weight"] for n in ("q", "k", "v")])
+        out[dst + "attn.proj.weight"] = sd[attn + "o_proj.weight"]
+        out[dst + "mlp.fc.weight"] = torch.cat([sd[mlp + "gate_proj.weight"], sd[mlp + "up_proj.weight"]])
+        out[dst + "mlp.proj.weight"] = sd[mlp + "down_proj.weight"]
+        out[dst + "ln1.weight"] = sd[src + "input_layernorm.weight"]
+        out[dst + "ln2.weight"] = sd[src + "post_attention_layernorm.weight"]
+    return out
+
+
+def llama_from_state_dict(sd: dict[str, torch.Tensor], hf_config: dict) -> GPT:
+    """Our GPT holding a Llama's weights, in eval mode."""
+    cfg = llama_config(hf_config)
+    model = GPT(cfg)
+    model.load_state_dict(llama_to_gpt(sd, cfg.n_layer))
+    return model.eval()

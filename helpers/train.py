@@ -5,17 +5,17 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 
 from .config import get_device
+from .distributed import Processes
+from .model import evaluating
 
 # A notebook's progress bar is a widget: every redraw is a message from the kernel. Bounding the
 # redraws per bar (at most PROGRESS_REDRAWS, at least PROGRESS_MININTERVAL seconds apart) keeps a long
@@ -40,6 +40,22 @@ class History:
     @property
     def final_val_loss(self) -> float:
         return self.val_loss[-1] if self.val_loss else float("nan")
+
+    def latest(self) -> dict[str, float]:
+        """The last logged value of the training loss, the validation loss and every metric."""
+        out = {"train": self.train_loss[-1]} if self.train_loss else {}
+        if self.val_loss:
+            out["val"] = self.val_loss[-1]
+        out.update({name: values[-1] for name, values in self.metrics.items()})
+        return out
+
+    def summary(self, total_steps: int | None = None) -> str:
+        """One line: steps, seconds and the last logged figures, e.g.
+        ``training: 3000/3000 steps in 236.1 s | train 1.512 | val 1.700``."""
+        steps = f"{self.steps_done}/{total_steps}" if total_steps else f"{self.steps_done}"
+        seconds = self.seconds[-1] if self.seconds else 0.0
+        figures = "".join(f" | {name} {value:.4g}" for name, value in self.latest().items())
+        return f"training: {steps} steps in {seconds:.1f} s{figures}"
 
     def plot(self, ax=None, label: str = "", **kwargs):
         from .plotting import plot_history
@@ -73,58 +89,6 @@ def to_device(batch, device):
     return batch
 
 
-# --------------------------------------------------------------------------- distributed training
-
-
-def setup_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the process group when launched by ``torchrun`` (``WORLD_SIZE`` > 1); returns (rank, world size).
-
-    Backend: NCCL on CUDA, gloo on the CPU. Outside torchrun this does nothing and returns (0, 1).
-    """
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and dist.is_available() and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _all_mean(values: list[float], device, world: int) -> list[float]:
-    """Average a few numbers over all ranks (a no-op in a single process)."""
-    if world == 1 or not values:
-        return values
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return (t / world).tolist()
-
-
-def _all_max(value: float, device) -> float:
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.item()
-
-
-def _shard(data, rank: int, world: int):
-    """Give every rank its own part of the training data.
-
-    A ``DataLoader`` gets a ``DistributedSampler``; a callable ``step -> batch`` is called with
-    ``step * world + rank``, so a callable that derives its batch from the index sees distinct batches.
-    """
-    if world == 1:
-        return data
-    if isinstance(data, torch.utils.data.DataLoader):
-        from torch.utils.data.distributed import DistributedSampler
-
-        shuffle = isinstance(data.sampler, torch.utils.data.RandomSampler)
-        sampler = DistributedSampler(data.dataset, num_replicas=world, rank=rank, shuffle=shuffle)
-        return torch.utils.data.DataLoader(
-            data.dataset, batch_size=data.batch_size, sampler=sampler, collate_fn=data.collate_fn,
-            num_workers=data.num_workers, drop_last=data.drop_last, pin_memory=data.pin_memory,
-        )
-    if callable(data) and not isinstance(data, Iterable):
-        return lambda step: data(step * world + rank)
-    return data
-
-
 def _batches(data) -> Callable[[int], object]:
     """A callable ``step -> batch`` from a callable, or from an iterable cycled epoch after epoch."""
     if callable(data) and not isinstance(data, Iterable):
@@ -151,22 +115,26 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9,
     return torch.optim.AdamW(groups, lr=lr, betas=betas, fused=fused or None, foreach=None if fused else True)
 
 
-@torch.no_grad()
 def evaluate(model: nn.Module, data, loss_fn=cross_entropy_loss, max_batches: int | None = None,
              device=None, autocast_dtype=None) -> float:
     """Mean loss over the batches of ``data`` (an iterable, or a callable ``i -> batch``)."""
     device = device or next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     if callable(data) and not isinstance(data, Iterable):
         get_batch = data
         data = (get_batch(i) for i in range(max_batches or 1))
     losses = []
-    for batch in itertools.islice(data, max_batches):
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            losses.append(loss_fn(model, to_device(batch, device)).item())
-    model.train(was_training)
+    with evaluating(model):
+        for batch in itertools.islice(data, max_batches):
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                losses.append(loss_fn(model, to_device(batch, device)).item())
     return sum(losses) / len(losses)
+
+
+def _progress_bar(steps: int):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=steps, desc="training", leave=True, miniters=max(1, steps // PROGRESS_REDRAWS),
+                mininterval=PROGRESS_MININTERVAL)
 
 
 def fit(
@@ -181,7 +149,6 @@ def fit(
     min_lr: float | None = None,
     weight_decay: float = 0.1,
     betas=(0.9, 0.95),
-    grad_clip: float | None = 1.0,
     eval_every: int | None = None,
     eval_batches: int = 20,
     metrics: dict[str, Callable[[nn.Module], float]] | None = None,
@@ -189,44 +156,36 @@ def fit(
     autocast_dtype: torch.dtype | None = None,
     device=None,
     progress: bool = True,
-    optimizer: torch.optim.Optimizer | None = None,
 ) -> History:
     """Train ``model`` for ``steps`` optimizer steps and return its :class:`History`.
 
     train_data / val_data: an iterable of batches (a ``DataLoader``; cycled) or a callable
     ``step -> batch``. ``loss_fn(model, batch)`` returns a scalar loss. ``metrics`` are extra
-    functions of the model evaluated with the validation loss (e.g. accuracy).
+    functions of the model evaluated with the validation loss (e.g. accuracy), in eval mode.
     ``time_limit`` (seconds) ends training early; the learning-rate schedule then follows
     whichever of steps or time is further along, so the decay still completes.
     ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass in mixed precision.
+    Gradients are clipped to norm 1. With ``progress`` a bar is drawn while training and one
+    summary line (:meth:`History.summary`) is printed at the end.
 
-    Launched with ``torchrun --nproc_per_node=N``, the same call trains with DistributedDataParallel:
-    each rank sees its own shard of ``train_data``, gradients are averaged across ranks, the logged
-    losses and metrics are averaged too, and only rank 0 draws the progress bar. ``loss_fn`` must then
-    call ``model(...)`` (the wrapped model) for its forward pass.
+    Launched with ``torchrun --nproc_per_node=N``, the same call trains with DistributedDataParallel
+    (see :mod:`helpers.distributed`): each process sees its own shard of ``train_data``, gradients and
+    the logged figures are averaged across processes, and only the main process draws and prints.
+    ``loss_fn`` must then call ``model(...)`` (the wrapped model) for its forward pass.
     """
     device = torch.device(device) if device else get_device()
     model.to(device).train()
-    rank, world = setup_distributed(device)
-    train_model = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        train_model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    procs = Processes.start(device)
+    train_model = procs.wrap(model)
     warmup = steps // 20 if warmup is None else warmup
     min_lr = lr / 10 if min_lr is None else min_lr
     eval_every = eval_every or max(1, steps // 10)
-    optimizer = optimizer or make_optimizer(model, lr, weight_decay, betas)
-    next_batch = _batches(_shard(train_data, rank, world))
+    optimizer = make_optimizer(model, lr, weight_decay, betas)
+    next_batch = _batches(procs.shard(train_data))
     history = History()
     metrics = metrics or {}
-
-    bar = None
-    if progress and rank == 0:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=steps, desc="training", leave=True, miniters=max(1, steps // PROGRESS_REDRAWS),
-                   mininterval=PROGRESS_MININTERVAL)
+    show = progress and procs.is_main
+    bar = _progress_bar(steps) if show else None
 
     start, window, elapsed = time.perf_counter(), [], 0.0
     for step in range(steps):
@@ -240,49 +199,46 @@ def fit(
             loss = loss_fn(train_model, batch)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        if grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+        nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         window.append(loss.item())
         history.steps_done = step + 1
 
         last = step == steps - 1
         if time_limit is not None:
-            elapsed = time.perf_counter() - start
-            if world > 1:  # every rank follows the slowest clock, so all stop at the same step
-                elapsed = _all_max(elapsed, device)
+            elapsed = procs.max(time.perf_counter() - start)  # every process stops at the same step
             last = last or elapsed >= time_limit
         if (step + 1) % eval_every == 0 or last:
-            logged = [sum(window) / len(window)]
-            window = []
-            if val_data is not None:
-                logged.append(evaluate(model, val_data, loss_fn, eval_batches, device, autocast_dtype))
-            for fn in metrics.values():
-                was_training = model.training
-                model.eval()
-                with torch.no_grad():
-                    logged.append(float(fn(model)))
-                model.train(was_training)
-            logged = _all_mean(logged, device, world)
+            _log(history, model, procs, window, val_data, loss_fn, eval_batches, metrics, device, autocast_dtype)
             history.step.append(step + 1)
             history.lr.append(rate)
-            history.train_loss.append(logged.pop(0))
-            if val_data is not None:
-                history.val_loss.append(logged.pop(0))
-            for name in metrics:
-                history.metrics.setdefault(name, []).append(logged.pop(0))
             history.seconds.append(time.perf_counter() - start)
+            window = []
             if bar is not None:
-                shown = {"train": f"{history.train_loss[-1]:.3f}"}
-                if history.val_loss:
-                    shown["val"] = f"{history.val_loss[-1]:.3f}"
-                shown.update({k: f"{v[-1]:.3f}" for k, v in history.metrics.items()})
-                bar.set_postfix(shown, refresh=False)  # shown at the next redraw
+                bar.set_postfix({k: f"{v:.3f}" for k, v in history.latest().items()}, refresh=False)
         if bar is not None:
             bar.update(1)
         if last:
             break
     if bar is not None:
         bar.close()
+    if show:
+        print(history.summary(steps), flush=True)
     model.eval()
     return history
+
+
+def _log(history, model, procs, window, val_data, loss_fn, eval_batches, metrics, device, autocast_dtype):
+    """Append the interval's mean training loss, the validation loss and the metrics (averaged
+    over the processes) to ``history``."""
+    logged = [sum(window) / len(window)]
+    if val_data is not None:
+        logged.append(evaluate(model, val_data, loss_fn, eval_batches, device, autocast_dtype))
+    with evaluating(model):
+        logged += [float(fn(model)) for fn in metrics.values()]
+    logged = procs.mean(logged)
+    history.train_loss.append(logged.pop(0))
+    if val_data is not None:
+        history.val_loss.append(logged.pop(0))
+    for name in metrics:
+        history.metrics.setdefault(name, []).append(logged.pop(0))

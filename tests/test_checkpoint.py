@@ -1,8 +1,11 @@
+import json
+from pathlib import Path
+
 import pytest
 import torch
 
 from helpers import GPT, Encoder, TransformerConfig, load_checkpoint, save_checkpoint
-from helpers.checkpoint import checkpoint_path
+from helpers.checkpoint import CheckpointError, checkpoint_path
 
 
 def test_round_trip_by_name(tmp_path, monkeypatch):
@@ -25,7 +28,7 @@ def test_encoder_round_trip_and_plain_torch_load(tmp_path):
     payload = torch.load(path, weights_only=True)  # plain data: safe to load
     assert payload["class"] == "helpers.model:Encoder"
     x = torch.randn(3, 5, 4)
-    assert torch.equal(load_checkpoint(path)(x), model.eval()(x))
+    assert torch.equal(load_checkpoint(path).classify(x), model.eval().classify(x))
 
 
 def test_missing_checkpoint_says_what_to_do(tmp_path, monkeypatch):
@@ -34,11 +37,52 @@ def test_missing_checkpoint_says_what_to_do(tmp_path, monkeypatch):
         load_checkpoint("99_nothing")
 
 
-def test_foreign_class_is_refused(tmp_path):
-    path = tmp_path / "evil.pt"
-    torch.save({"class": "os:system", "config_class": "os:system", "config": {}, "state_dict": {}}, path)
-    with pytest.raises(ValueError, match="not part of helpers"):
+@pytest.mark.parametrize("model_class, config_class, refused", [
+    ("os:system", "helpers.model:TransformerConfig", "not a class of the helpers package"),
+    ("helpers_x:Thing", "helpers.model:TransformerConfig", "not a class of the helpers package"),
+    ("helpers.data:fetch_file", "helpers.model:TransformerConfig", "not a class defined in helpers"),
+    ("helpers.checkpoint:torch", "helpers.model:TransformerConfig", "not a class defined in helpers"),
+    ("helpers.data:RemoteFile", "helpers.model:TransformerConfig", "not a torch.nn.Module"),
+    ("helpers.model:GPT", "helpers.data:register", "not a class defined in helpers"),
+    ("helpers.model:GPT", "helpers.model:GPT", "not a dataclass config"),
+    ("helpers.model:GPT", "helpers.model:NoSuchConfig", "does not exist"),
+    ("helpers.model:GPT", "builtins:dict", "not a class of the helpers package"),
+])
+def test_a_crafted_checkpoint_naming_anything_else_is_refused(tmp_path, model_class, config_class, refused):
+    path = tmp_path / "crafted.pt"
+    torch.save({"class": model_class, "config_class": config_class, "config": {}, "state_dict": {}}, path)
+    with pytest.raises(CheckpointError, match=refused):
         load_checkpoint(path)
+
+
+def test_a_file_that_is_not_a_checkpoint_is_refused(tmp_path):
+    path = tmp_path / "weights.pt"
+    torch.save({"weight": torch.zeros(2)}, path)
+    with pytest.raises(CheckpointError, match="not a checkpoint written by helpers.save_checkpoint"):
+        load_checkpoint(path)
+
+
+OLD = json.loads((Path(__file__).parent / "data" / "checkpoints_903250f.json").read_text())
+
+
+@pytest.mark.parametrize("name", sorted(OLD))
+def test_checkpoints_written_before_the_helpers_were_reorganised_still_load(tmp_path, name):
+    # tests/data/checkpoints_903250f.json describes checkpoints that main at 903250f wrote (one of each model
+    # class a notebook saves): the class paths it named (helpers.vision:PatchGPT, before vision became a
+    # package), the config, every state-dict entry's shape, and which entries are one tied tensor. Rebuild such
+    # a file and load it.
+    old = OLD[name]
+    generator = torch.Generator().manual_seed(0)
+    state = {k: (torch.randint(0, 3, shape, generator=generator) if k.endswith("num_batches_tracked")
+                 else torch.randn(shape, generator=generator)) for k, shape in old["state_dict"].items()}
+    state.update({k: state[other] for k, other in old["tied"].items()})  # tied weights: one tensor, two names
+    path = tmp_path / f"{name}.pt"
+    torch.save({"class": old["class"], "config_class": old["config_class"], "config": old["config"],
+                "state_dict": state, "extra": {}}, path)
+    model = load_checkpoint(path)
+    assert {k: list(v.shape) for k, v in model.state_dict().items()} == old["state_dict"]
+    for key, tensor in model.state_dict().items():
+        assert torch.equal(tensor, state[key].to(tensor.dtype)), key
 
 
 def test_checkpoint_path_rules(tmp_path, monkeypatch):

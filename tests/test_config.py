@@ -24,10 +24,18 @@ def test_bad_profile_is_a_clear_error(monkeypatch):
         config.get_profile()
 
 
+def test_an_explicit_profile_is_read_like_the_environment(monkeypatch):
+    monkeypatch.setenv("TFS_PROFILE", "gpu")
+    assert config.get_profile(" CPU ") == "cpu"  # what --profile CPU passes
+    with pytest.raises(ValueError, match="the profile='laptop' is not a profile"):
+        config.get_profile("laptop")
+
+
 def test_pick(monkeypatch):
     monkeypatch.setenv("TFS_PROFILE", "ci")
     assert config.pick(ci=1, cpu=2, gpu=3) == 1
     assert config.pick(ci=1, cpu=2, gpu=3, profile="gpu") == 3
+    assert config.pick(ci=1, cpu=2, gpu=3, profile="GPU") == 3
 
 
 def test_device_override_and_seeding(monkeypatch):

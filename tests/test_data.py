@@ -88,7 +88,7 @@ def test_corrupted_cache_is_replaced(data_dirs, server):
 
 def test_missing_while_offline_names_dataset_places_and_remedy(data_dirs, monkeypatch):
     monkeypatch.setenv("TFS_OFFLINE", "1")
-    with pytest.raises(data.DataUnavailableError) as err:
+    with pytest.raises(data.OfflineError) as err:
         data.fetch_file(remote(), "toy")
     message = str(err.value)
     assert "toy" in message and "cache" in message and "mirror" in message
@@ -127,3 +127,68 @@ def test_mnist_from_mirror(mirror, monkeypatch, tmp_path):
     assert Path(mirror, "MNIST/raw").is_dir()
     with pytest.raises(ValueError, match="train"):
         data.load_mnist("validation")
+
+
+def test_atomic_write_leaves_nothing_when_the_writer_fails(tmp_path):
+    from helpers.files import atomic_write
+
+    dest = tmp_path / "sub" / "file.bin"
+    with atomic_write(dest) as tmp:
+        assert tmp.parent == dest.parent and tmp != dest
+        tmp.write_bytes(b"complete")
+    assert dest.read_bytes() == b"complete"
+    with pytest.raises(RuntimeError, match="interrupted"), atomic_write(dest) as tmp:
+        tmp.write_bytes(b"half")
+        raise RuntimeError("interrupted")
+    assert dest.read_bytes() == b"complete"  # the previous version is untouched
+    assert sorted(p.name for p in dest.parent.iterdir()) == ["file.bin"]  # no temporary file left
+
+
+def test_folder_digest_sees_a_changed_missing_or_renamed_file(tmp_path):
+    folder = tmp_path / "images"
+    (folder / "a").mkdir(parents=True)
+    (folder / "a" / "1.jpg").write_bytes(b"one")
+    (folder / "a" / "2.jpg").write_bytes(b"two")
+    digest, count = data.folder_sha256(folder)
+    assert count == 2
+    expected = data.FolderDigest("images", digest, count)
+    data.verify_folder(folder, expected, "toy")  # unchanged: no error
+    for change in (lambda: (folder / "a" / "2.jpg").write_bytes(b"tw0"),
+                   lambda: (folder / "a" / "2.jpg").rename(folder / "a" / "3.jpg"),
+                   lambda: (folder / "a" / "3.jpg").unlink()):
+        change()
+        with pytest.raises(data.ChecksumError, match="toy: the folder .* does not match"):
+            data.verify_folder(folder, expected, "toy")
+
+
+def test_offline_errors_are_one_type_of_the_data_layer():
+    assert issubclass(data.OfflineError, data.DataUnavailableError)
+    assert issubclass(data.OfflineError, data.DataError)
+
+
+def test_many_files_download_concurrently_in_order(data_dirs, server):
+    cache, mirror = data_dirs
+    root, url = server
+    files = []
+    for i in range(40):
+        body = f"recording {i}\n".encode() * 50
+        (root / f"{i}.wav").write_bytes(body)
+        files.append(data.RemoteFile(f"toy/{i}.wav", f"{url}/{i}.wav", hashlib.sha256(body).hexdigest()))
+    (mirror / "toy").mkdir()
+    (mirror / "toy/3.wav").write_bytes((root / "3.wav").read_bytes())  # one is in the mirror already
+    paths = data.fetch_files(files, "toy", workers=8)
+    assert paths[3] == mirror / "toy/3.wav"
+    assert [p.name for p in paths] == [f"{i}.wav" for i in range(40)]
+    assert all(p.read_bytes() == (root / p.name).read_bytes() for p in paths)
+    assert sorted(p.name for p in (cache / "toy").iterdir()) == sorted(f"{i}.wav" for i in range(40) if i != 3)
+
+
+def test_every_download_is_pinned_to_a_release_or_a_commit():
+    # A download from a moving branch changes under its checksum one day.
+    import helpers.audio  # noqa: F401  (each topic module registers its data sets)
+    import helpers.music  # noqa: F401
+    import helpers.rag  # noqa: F401
+
+    for info in data.REGISTRY.values():
+        for f in info.files:
+            assert "/master/" not in f.url and "/main/" not in f.url, (info.name, f.url)

@@ -52,3 +52,22 @@ def test_torchrun_two_processes_train_one_model(tmp_path):
     checkpoints = sorted(p.name for p in (tmp_path / "data" / "checkpoints").iterdir())
     assert checkpoints == ["00_distributed.pt"]  # only rank 0 writes
     assert result.stderr.count("training: 100%") <= 1  # only rank 0 draws a progress bar
+
+
+def test_a_single_process_changes_nothing():
+    from helpers.distributed import Processes
+
+    procs = Processes.start(torch.device("cpu"))  # not under torchrun
+    assert (procs.rank, procs.world_size, procs.is_main) == (0, 1, True)
+    model = torch.nn.Linear(2, 2)
+    data = lambda step: step  # noqa: E731
+    assert procs.wrap(model) is model and procs.shard(data) is data
+    assert procs.mean([1.0, 3.0]) == [1.0, 3.0] and procs.max(2.5) == 2.5
+
+
+def test_sharding_gives_each_process_its_own_batches():
+    from helpers.distributed import Processes
+
+    first, second = Processes(rank=0, world_size=2), Processes(rank=1, world_size=2)
+    seen = [[p.shard(lambda i: i)(step) for step in range(3)] for p in (first, second)]
+    assert seen == [[0, 2, 4], [1, 3, 5]]

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from helpers.pretrained import OfflineError, load_gpt2, load_minilm, minilm_dir
+from helpers.data import OfflineError
+from helpers.pretrained import load_gpt2, load_minilm, minilm_dir
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -37,7 +38,7 @@ def test_minilm_equals_transformers_bert_hidden_states(minilm):
     ids, mask = minilm.tokenize(SENTENCES[:3])
     with torch.no_grad():
         expected = bert(input_ids=ids, attention_mask=mask.long()).last_hidden_state
-        got = minilm.model.features(ids, padding_mask=mask)
+        got = minilm.model(ids, padding_mask=mask)
     assert_close(got[mask], expected[mask], atol=1e-5, rtol=1e-4)
 
 

@@ -70,3 +70,16 @@ def test_progress_bar_redraws_are_bounded(monkeypatch):
     assert history.steps_done == 1000
     assert redraws[-1] == 1000  # the bar ends full
     assert len(redraws) <= train_module.PROGRESS_REDRAWS + 5  # start, close and rounding
+
+
+def test_fit_ends_with_a_one_line_summary(capsys):
+    # A notebook read on GitHub shows a progress bar's first state; the summary line shows how training ended.
+    model = GPT(TransformerConfig(vocab_size=8, block_size=12, n_layer=1, n_head=2, n_embd=16))
+    val = [copy_task(10_000)]
+    history = fit(model, copy_task, steps=20, lr=1e-3, val_data=val, eval_every=10, metrics={"one": lambda m: 1.0})
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("training:")]
+    assert lines == [history.summary(20)]
+    assert lines[0].startswith("training: 20/20 steps in ")
+    assert f"| val {history.val_loss[-1]:.4g}" in lines[0] and "| one 1" in lines[0]
+    fit(model, copy_task, steps=5, progress=False)
+    assert "training:" not in capsys.readouterr().out  # progress=False: silent
