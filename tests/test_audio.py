@@ -230,18 +230,14 @@ def test_confusion_matrix():
     assert cm.tolist() == [[1, 0, 0], [0, 1, 0], [0, 1, 1]]
 
 
-def test_loso_benchmark_trains_notebook_07s_recipe(notebook_code):
-    # benchmarks/audio_loso.py states notebook 07's model and cpu recipe again; they must not drift apart.
-    import ast
+def test_loso_benchmark_trains_notebook_07s_recipe():
+    # benchmarks/audio_loso.py reads notebook 07's cpu recipe from helpers.recipes, as the notebook does.
     import importlib.util
+
+    from helpers import recipes
 
     spec = importlib.util.spec_from_file_location(
         "audio_loso", Path(__file__).resolve().parents[1] / "benchmarks" / "audio_loso.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
-    source = notebook_code("07_audio_classification.ipynb", "cfg = audio.AudioConfig(")
-    calls = {node.targets[0].id: {k.arg: k.value for k in node.value.keywords}
-             for node in ast.parse(source).body if isinstance(node, ast.Assign) and isinstance(node.value, ast.Call)}
-    assert {k: ast.literal_eval(v) for k, v in calls["cfg"].items()} == bench.MODEL
-    cpu = {name: ast.literal_eval(calls[name]["cpu"]) for name in ("batch_size", "lr", "loso_steps")}
-    assert cpu == {"batch_size": bench.BATCH_SIZE, "lr": bench.LR, "loso_steps": bench.STEPS}
+    assert bench.RECIPE is recipes.AUDIO_CLASSIFICATION["cpu"]

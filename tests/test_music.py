@@ -187,7 +187,9 @@ def test_maestro_loader_reads_a_zip_laid_out_like_maestro(tmp_path):
 
 def test_maestro_offline_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("TFS_OFFLINE", "1")
-    with pytest.raises(RuntimeError, match="TFS_OFFLINE"):
+    from helpers.data import OfflineError
+
+    with pytest.raises(OfflineError, match="TFS_OFFLINE"):
         music.load_maestro()
 
 

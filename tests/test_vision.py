@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from helpers import load_checkpoint, save_checkpoint
 from helpers import vision as V
-from helpers.data import DataUnavailableError
+from helpers.data import OfflineError
 
 # --------------------------------------------------------------------------- patches and quantization
 
@@ -301,9 +301,23 @@ def _write_image_folder(root, per_class=2):
     return torch.stack(images), torch.tensor(labels)
 
 
-def test_cifar_reads_the_image_folder_layout_in_the_mirror_and_caches_it(offline_dirs):
+def _register_folder(monkeypatch, root, split):
+    """Make the registry's digest of cifar10-jpg/<split> that of the folder a test wrote."""
+    import dataclasses
+
+    from helpers.data import FolderDigest, folder_sha256
+
+    digest, count = folder_sha256(root)
+    info = V.cifar.CIFAR10_DATA
+    folders = tuple(FolderDigest(f.path, digest, count) if f.path.endswith(split) else f for f in info.folders)
+    monkeypatch.setattr(V.cifar, "CIFAR10_DATA", dataclasses.replace(info, folders=folders))
+
+
+def test_cifar_reads_the_image_folder_layout_in_the_mirror_and_caches_it(offline_dirs, monkeypatch):
     cache, mirror = offline_dirs
-    expected, expected_labels = _write_image_folder(mirror / "cifar10-jpg" / "test")
+    root = mirror / "cifar10-jpg" / "test"
+    expected, expected_labels = _write_image_folder(root)
+    _register_folder(monkeypatch, root, "test")
     images, labels = V.load_cifar10("test")
     assert torch.equal(images, expected) and torch.equal(labels, expected_labels)
     assert len(list((cache / "cache").glob("imagefolder-test-*.pt"))) == 1  # decoded once, cached
@@ -312,8 +326,21 @@ def test_cifar_reads_the_image_folder_layout_in_the_mirror_and_caches_it(offline
     assert not (cache / "cifar10-jpg").exists()  # the mirror is read in place, never copied
 
 
+def test_cifar_image_folder_that_differs_from_the_registry_is_refused(offline_dirs, monkeypatch):
+    from helpers.data import ChecksumError
+
+    cache, mirror = offline_dirs
+    root = mirror / "cifar10-jpg" / "test"
+    _write_image_folder(root)
+    _register_folder(monkeypatch, root, "test")
+    (root / "cat" / "0000.png").write_bytes((root / "dog" / "0000.png").read_bytes())  # one changed image
+    with pytest.raises(ChecksumError, match="cifar10: the folder .* does not match its registered SHA-256"):
+        V.load_cifar10("test")
+    assert not (cache / "cache").exists()  # nothing decoded, nothing cached
+
+
 def test_cifar_offline_without_data_says_what_to_do(offline_dirs):
-    with pytest.raises(DataUnavailableError, match="TFS_DATA_MIRROR"):
+    with pytest.raises(OfflineError, match="TFS_DATA_MIRROR"):
         V.load_cifar10("train")
     with pytest.raises(ValueError, match="split"):
         V.load_cifar10("validation")

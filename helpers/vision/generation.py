@@ -1,0 +1,212 @@
+"""Generating MNIST digits (notebook 05): a GPT over patches, and a small CNN that judges the samples.
+
+:class:`PatchGPT` predicts each patch of an image from the patches above and to the left of it,
+continuous (trained with a mean-squared error) or quantized (cross-entropy, a likelihood), optionally
+conditioned on the digit; :class:`DigitClassifier` reads generated digits, so that "does the sample look
+like the digit it was asked for" becomes a number.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..model import GPT, transformer_config
+from .patches import _as_bchw, dequantize, patchify, quantize, unpatchify
+
+
+@dataclass
+class PatchGPTConfig:
+    image_size: int = 28
+    channels: int = 1
+    patch_size: int = 4
+    levels: int | None = None  # None: continuous pixels, mean-squared error; L: L grey levels, cross-entropy
+    n_classes: int = 10  # start tokens 0..n_classes-1 name a class; start token n_classes means "any class"
+    n_layer: int = 4
+    n_head: int = 4
+    n_embd: int = 128
+    dropout: float = 0.0
+
+    @property
+    def n_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.channels * self.patch_size**2
+
+
+class PatchGPT(nn.Module):
+    """An autoregressive transformer over patches: it predicts each patch from the patches above and
+    to the left of it. The shared :class:`~helpers.model.GPT` with a linear input embedding of a
+    patch's pixels and an output head for the next patch's pixels.
+
+    The sequence starts with a start token, a learned vector chosen by the class label (or the
+    "any class" vector ``n_classes`` for unconditional generation)::
+
+        input   [start(y), patch_1, ..., patch_{N-1}]   (B, N, C)
+        output  [patch_1,  patch_2, ..., patch_N]        (B, N, P) values, or (B, N, P, L) logits
+
+    With ``levels=None`` the head predicts each pixel's value, trained with the mean-squared error. With
+    ``levels=L`` pixels are quantized to L grey levels and the head gives a distribution over the levels
+    of each pixel, trained with cross-entropy: a likelihood. Inside a patch the pixels come one after
+    another: pixel i's logits add a masked linear function of the levels of pixels 0..i-1 of the same
+    patch (``within``, as in NADE and MADE), so neighbouring pixels agree instead of being drawn
+    independently.
+    """
+
+    def __init__(self, cfg: PatchGPTConfig):
+        super().__init__()
+        self.config = cfg
+        self.embed = nn.Linear(cfg.patch_dim, cfg.n_embd)  # a patch's pixels -> a vector
+        self.start = nn.Embedding(cfg.n_classes + 1, cfg.n_embd)
+        nn.init.normal_(self.start.weight, 0.0, 0.02)
+        self.gpt = GPT(transformer_config(cfg, vocab_size=None, block_size=cfg.n_patches,
+                                          n_out=cfg.patch_dim * (cfg.levels or 1)))
+        if cfg.levels:  # within a patch, pixel i also sees the levels of pixels 0..i-1 (a masked linear map)
+            width = cfg.patch_dim * cfg.levels
+            self.within = nn.Linear(width, width, bias=False)
+            nn.init.zeros_(self.within.weight)
+            pixel = torch.arange(cfg.patch_dim).repeat_interleave(cfg.levels)  # (P * L,) pixel of each unit
+            self.register_buffer("within_mask", pixel[:, None] > pixel[None, :], persistent=False)
+
+    def _start(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        if labels is None:  # unconditional: the "any class" start token
+            labels = torch.full((batch,), self.config.n_classes, dtype=torch.long, device=device)
+        return self.start(labels).unsqueeze(1)  # (B, 1, C)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] -> patches (B, N, P), rounded to the grey levels in the discrete model."""
+        patches = patchify(images, self.config.patch_size).float()
+        levels = self.config.levels
+        return dequantize(quantize(patches, levels), levels) if levels else patches
+
+    def forward(self, patches: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """patches (B, N, P) in [0, 1], labels (B,) or None -> the next patches: values (B, N, P), or
+        with ``levels`` logits (B, N, P, levels)."""
+        B, N, P = patches.shape
+        x = torch.cat([self._start(labels, B, patches.device), self.embed(patches[:, :-1])], dim=1)
+        out = self.gpt(x)
+        if not self.config.levels:
+            return out
+        # Teacher forcing inside the patch: pixel i's logits get a term from the true levels of pixels < i.
+        onehot = F.one_hot(quantize(patches, self.config.levels), self.config.levels).flatten(2).to(out.dtype)
+        out = out + F.linear(onehot, self.within.weight * self.within_mask)  # (B, N, P * L)
+        return out.view(B, N, P, self.config.levels)
+
+    def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Images (B, C, H, W) or (B, H, W) in [0, 1] -> the mean-squared error per pixel, or with
+        ``levels`` the cross-entropy per pixel in nats (divide by ln 2 for bits per pixel)."""
+        patches = self._prepare(images)
+        out = self(patches, labels)
+        if not self.config.levels:
+            return F.mse_loss(out, patches)
+        targets = quantize(patches, self.config.levels)  # (B, N, P) ints
+        return F.cross_entropy(out.flatten(0, 2).float(), targets.flatten())
+
+    def _draw(self, out: torch.Tensor, noise: float, temperature: float, generator,
+              guidance: float = 0.0) -> torch.Tensor:
+        """One patch from the head's output (B, P) or (B, P, L) -> pixels (B, P) in [0, 1].
+
+        With ``guidance`` g the output holds 2B rows, conditional then unconditional, and the patch is
+        drawn from ``cond + g * (cond - uncond)`` (classifier-free guidance)."""
+        mix = (lambda both: both) if not guidance else (
+            lambda both: (1 + guidance) * both[: len(both) // 2] - guidance * both[len(both) // 2:])
+        if not self.config.levels:
+            out = mix(out)
+            if noise:
+                out = out + noise * torch.randn(out.shape, generator=generator).to(out.device)
+            return out.clamp(0, 1)
+        rows, P, L = out.shape
+        B = rows // 2 if guidance else rows
+        weight = (self.within.weight * self.within_mask).view(P, L, P * L)  # pixel i's rows
+        drawn = out.new_zeros(B, P * L)  # one-hot levels of the pixels drawn so far
+        u = torch.rand(B, P, 1, generator=generator).to(out.device)
+        for i in range(P):  # pixel by pixel: each sees the ones before it in the patch
+            seen = drawn.repeat(2, 1) if guidance else drawn
+            logits = mix(out[:, i] + seen @ weight[i].T)  # (B, L)
+            if temperature == 0:
+                level = logits.argmax(-1)
+            else:
+                cdf = (logits.float() / temperature).softmax(-1).cumsum(-1)
+                level = (u[:, i] > cdf).sum(-1).clamp(max=L - 1)  # inverse-CDF sampling
+            drawn[torch.arange(B), i * L + level] = 1
+        return dequantize(drawn.view(B, P, L).argmax(-1), L)
+
+    @torch.no_grad()
+    def sample(self, labels: torch.Tensor | None = None, n: int | None = None, *, noise: float = 0.0,
+               temperature: float = 1.0, guidance: float = 0.0, prefix: torch.Tensor | None = None,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        """Generate images (B, C, H, W) in [0, 1], one patch at a time with a key-value cache.
+
+        labels (B,) condition on classes; without labels, ``n`` unconditional images (or one per prefix).
+        Continuous model: each patch is the predicted value plus Gaussian ``noise`` (0: the mean).
+        Discrete model: each pixel is drawn from its predicted levels at ``temperature`` (0: the most
+        likely level). ``prefix`` (B, K, P): the first K patches are given (image completion).
+        ``guidance`` g > 0 (classifier-free guidance, with labels): every step also runs the model with
+        the "any class" start token and draws from ``cond + g * (cond - uncond)``, which pushes samples
+        towards what is typical of their class (for a model trained with some labels dropped).
+        ``generator`` is a CPU generator, so samples are the same on every device.
+        """
+        cfg = self.config
+        device = next(self.parameters()).device
+        B = labels.size(0) if labels is not None else (prefix.size(0) if prefix is not None else n)
+        if B is None:
+            raise ValueError("pass labels, a prefix or the number of images n")
+        if guidance and labels is None:
+            raise ValueError("guidance needs labels: it contrasts the labelled model with the unconditional one")
+        rows = 2 * B if guidance else B  # with guidance: B conditional rows, then B unconditional ones
+        cache = self.gpt.new_cache(rows)
+        x = self._start(labels, B, device)  # (B, 1, C)
+        if guidance:
+            x = torch.cat([x, self._start(None, B, device)])  # (2B, 1, C)
+        out = []
+        for t in range(cfg.n_patches):
+            head = self.gpt(x, cache=cache)[:, -1]  # (rows, P * L): the next patch
+            if prefix is not None and t < prefix.size(1):
+                patch = prefix[:, t].to(device).float()
+            else:
+                head = head.view(rows, cfg.patch_dim, cfg.levels) if cfg.levels else head
+                patch = self._draw(head, noise, temperature, generator, guidance)
+            out.append(patch)
+            if t + 1 < cfg.n_patches:
+                x = self.embed(patch).unsqueeze(1)
+                if guidance:
+                    x = x.repeat(2, 1, 1)
+        return unpatchify(torch.stack(out, 1), cfg.patch_size, cfg.image_size, cfg.channels)
+
+
+@dataclass
+class DigitClassifierConfig:
+    channels: tuple[int, int] = (32, 64)
+    hidden: int = 128
+    n_classes: int = 10
+    dropout: float = 0.25
+
+
+class DigitClassifier(nn.Module):
+    """A small CNN for 28x28 digits: two conv-ReLU-maxpool stages and two linear layers.
+
+    Takes images (B, 1, 28, 28) or (B, 28, 28) with intensities in [0, 1] (generated samples as they
+    come) -> logits (B, 10). It normalises with MNIST's mean and standard deviation itself.
+    """
+
+    def __init__(self, cfg: DigitClassifierConfig):
+        super().__init__()
+        self.config = cfg
+        c1, c2 = cfg.channels
+        self.features = nn.Sequential(
+            nn.Conv2d(1, c1, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, c1, 14, 14)
+            nn.Conv2d(c1, c2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),  # (B, c2, 7, 7)
+        )
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(c2 * 49, cfg.hidden), nn.ReLU(), nn.Dropout(cfg.dropout),
+            nn.Linear(cfg.hidden, cfg.n_classes),
+        )
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        x = (_as_bchw(images).float() - 0.1307) / 0.3081
+        return self.classifier(self.features(x))
