@@ -3,7 +3,7 @@
     python benchmarks/audio_loso.py [--steps 1000] [--seeds 0 1 2] [--plain] [--no-augment] [--threads 1]
 
 For each seed and each of FSDD's six speakers, trains notebook 07's model on the other five speakers
-(batch 64, learning rate 2e-3, `audio.Augment()`) and tests it on all 500 recordings of the held-out one.
+(helpers.recipes.AUDIO_CLASSIFICATION["cpu"]: batch 64, learning rate 2e-3, `audio.Augment()`) and tests it on all 500 recordings of the held-out one.
 `--plain` switches off the features' recording steps (pre-emphasis, noise floor, speech-frame mean:
 `AudioConfig(pre_emphasis=0, floor_db=None, speech_db=None)`), as the notebook's second closing exercise
 asks. A single run moves by several points per speaker with the seed, and with the number of threads (the
@@ -20,12 +20,10 @@ import time
 import torch
 
 import helpers
-from helpers import audio
+from helpers import audio, recipes
 
-# Notebook 07's model and its cpu-profile training recipe (tests/test_audio.py checks that they agree).
-MODEL = dict(n_mels=40, pre_emphasis=0.97, floor_db=30, speech_db=30, n_mfcc=20, n_layer=2, n_head=4, n_embd=96,
-             conv_channels=96, dropout=0.1)
-BATCH_SIZE, LR, STEPS = 64, 2e-3, 1000
+# Notebook 07's model and its cpu-profile training recipe (helpers/recipes.py)
+RECIPE = recipes.AUDIO_CLASSIFICATION["cpu"]
 PLAIN = dict(pre_emphasis=0, floor_db=None, speech_db=None)  # the features without their recording steps
 
 
@@ -36,16 +34,16 @@ def loso_accuracy(recordings, cfg: audio.AudioConfig, speaker: str, steps: int, 
     model = audio.AudioClassifier(cfg)
     train_x, test_x = model.featurize([r.waveform for r in train]), model.featurize([r.waveform for r in test])
     train_y, test_y = torch.tensor([r.digit for r in train]), torch.tensor([r.digit for r in test])
-    batches = audio.make_batches(train_x, train_y, BATCH_SIZE, torch.Generator().manual_seed(seed),
+    batches = audio.make_batches(train_x, train_y, RECIPE["batch_size"], torch.Generator().manual_seed(seed),
                                  audio.Augment() if augment else None)
-    helpers.fit(model, batches, steps=steps, lr=LR, loss_fn=audio.classification_loss, weight_decay=0.05,
-                progress=False, device="cpu")
+    helpers.fit(model, batches, steps=steps, lr=RECIPE["lr"], loss_fn=audio.classification_loss,
+                weight_decay=RECIPE["weight_decay"], progress=False, device="cpu")
     return (model.classify(test_x) == test_y).float().mean().item()
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=STEPS, help="training steps per held-out speaker")
+    parser.add_argument("--steps", type=int, default=RECIPE["loso_steps"], help="training steps per held-out speaker")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--speakers", nargs="+", default=list(audio.FSDD_SPEAKERS), choices=audio.FSDD_SPEAKERS)
     parser.add_argument("--plain", action="store_true", help="plain log-mel features (no recording steps)")
@@ -54,7 +52,7 @@ def main():
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     print(helpers.summary())
-    cfg = audio.AudioConfig(**(MODEL | PLAIN if args.plain else MODEL))
+    cfg = audio.AudioConfig(**(RECIPE["model"] | PLAIN if args.plain else RECIPE["model"]))
     print(cfg)
     recordings = audio.load_fsdd()
     means = []

@@ -20,13 +20,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from helpers import GPT, TransformerConfig, fit, load_tiny_shakespeare, seed_everything  # noqa: E402
-from helpers.text import LM_RECIPES, CharTokenizer, lm_batches, split_train_val  # noqa: E402
+from helpers import GPT, TransformerConfig, fit, load_tiny_shakespeare, recipes, seed_everything  # noqa: E402
+from helpers.text import CharTokenizer, lm_batches, split_train_val  # noqa: E402
+
+# Notebook 03's cpu-profile model, and nanoGPT's CPU configuration for comparison (both from helpers/recipes.py)
+RECIPES = {"cpu": recipes.LANGUAGE_MODEL["cpu"], "nanogpt": recipes.NANOGPT_CPU}
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--recipe", choices=sorted(LM_RECIPES), default="nanogpt")
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="nanogpt")
     parser.add_argument("--steps", type=int, default=330, help="steps in all; the first --warmup-steps are not timed")
     parser.add_argument("--warmup-steps", type=int, default=30)
     parser.add_argument("--compile", action="store_true", help="torch.compile the model")
@@ -34,7 +37,7 @@ def main():
     args = parser.parse_args()
     if args.steps <= 2 * args.warmup_steps:
         parser.error("--steps must be more than twice --warmup-steps")
-    recipe = LM_RECIPES[args.recipe]
+    recipe = RECIPES[args.recipe]
     seed_everything(0)
     text = load_tiny_shakespeare()
     tokenizer = CharTokenizer.train(text)

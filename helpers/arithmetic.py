@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from .generate import generate
-from .model import GPT, TransformerConfig
+from .model import GPT, transformer_config
 
 VOCAB = "0123456789+*=;."  # digits, operators, '=', ';' ends the answer, '.' pads
 STOI = {c: i for i, c in enumerate(VOCAB)}
@@ -262,10 +262,7 @@ class ArithmeticModel(nn.Module):
         self.wplace = nn.Embedding(config.max_place + 1, config.n_embd) if self.abacus else None
         self.n_numbers = 3 + (config.max_digits + 1 if config.scratchpad else 0)  # operands, partials, sum, pads
         self.wnum = nn.Embedding(self.n_numbers, config.n_embd) if config.number_embedding else None
-        self.gpt = GPT(TransformerConfig(
-            vocab_size=None, n_out=len(VOCAB), block_size=config.block_size, n_layer=config.n_layer,
-            n_head=config.n_head, n_embd=config.n_embd, dropout=config.dropout,
-        ))
+        self.gpt = GPT(transformer_config(config, vocab_size=None, n_out=len(VOCAB)))
         for emb in (self.wte, self.wplace, self.wnum):
             if emb is not None:
                 nn.init.normal_(emb.weight, 0.0, 0.02)

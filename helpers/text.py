@@ -22,6 +22,8 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 
+from .model import evaluating
+
 # --------------------------------------------------------------------------- characters
 
 
@@ -111,8 +113,8 @@ class BPETokenizer:
     def train(cls, text: str, vocab_size: int, pattern: str = SPLIT_PATTERN) -> BPETokenizer:
         """Learn ``vocab_size - 256`` merges from ``text``.
 
-        Chunks are counted once (``" the"`` appears ~7,000 times in Tiny Shakespeare but is one
-        entry with count 7,000); each merge updates the pair counts of only the chunks that contain
+        Chunks are counted once (``" the"`` appears 4,888 times in Tiny Shakespeare's training split
+        but is one entry with that count); each merge updates the pair counts of only the chunks that contain
         the merged pair. The most frequent pair wins, ties going to the smallest pair of ids (as in
         the Hugging Face ``tokenizers`` trainer).
         """
@@ -208,22 +210,6 @@ def hf_bpe_merges(text: str, vocab_size: int, pattern: str = SPLIT_PATTERN) -> l
 # --------------------------------------------------------------------------- language-model batches
 
 
-# Notebook 03's character-level model for each profile: the notebook, `python -m helpers.train_cli
-# shakespeare` and the benchmarks train it (tests/test_train_cli.py checks it against the notebook).
-SHAKESPEARE_RECIPES = dict(
-    ci=dict(n_layer=2, n_head=4, n_embd=64, block_size=64, batch_size=12, lr=3e-3, steps=400, dropout=0.0),
-    cpu=dict(n_layer=2, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=3e-3, steps=3000, dropout=0.0),
-    gpu=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, lr=1e-3, steps=5000, dropout=0.2),
-)
-
-# The benchmarks' recipes: notebook 03's cpu profile, and nanoGPT's CPU configuration (learning rate 1e-3)
-# for comparison. Warm-up is a fraction of the steps.
-LM_RECIPES = {
-    "cpu": dict(SHAKESPEARE_RECIPES["cpu"], min_lr=3e-4, warmup=0.05),
-    "nanogpt": dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, min_lr=1e-4, warmup=0.05),
-}
-
-
 def split_train_val(ids: torch.Tensor, train_fraction: float = 0.9) -> tuple[torch.Tensor, torch.Tensor]:
     """nanoGPT's split: the first ``train_fraction`` of the sequence trains, the rest validates."""
     n = int(train_fraction * len(ids))
@@ -255,21 +241,18 @@ def lm_eval_batches(data: torch.Tensor, block_size: int, batch_size: int) -> lis
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
 
 
-@torch.no_grad()
 def evaluate_lm(model, data: torch.Tensor, block_size: int, batch_size: int = 64, autocast_dtype=None) -> float:
     """Mean next-token loss (nats per token) over all of ``data``, every token predicted once
     (windows of ``block_size``, so each prediction sees 0 to ``block_size - 1`` tokens of context)."""
     device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
     total, count = 0.0, 0
-    for x, y in lm_eval_batches(data, block_size, batch_size):
-        x, y = x.to(device), y.to(device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-            logits = model(x)
-        total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
-        count += y.numel()
-    model.train(was_training)
+    with evaluating(model):
+        for x, y in lm_eval_batches(data, block_size, batch_size):
+            x, y = x.to(device), y.to(device)
+            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+                logits = model(x)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
+            count += y.numel()
     return total / count
 
 

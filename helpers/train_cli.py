@@ -25,21 +25,13 @@ and writes the checkpoint.
 from __future__ import annotations
 
 import argparse
-import os
 import time
 
 import torch
 
-from .config import PROFILES, get_device, is_main_process, pick, seed_everything, summary
-from .text import SHAKESPEARE_RECIPES
-
-
-def _rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def _world() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
+from . import recipes
+from .config import PROFILES, get_device, get_profile, pick, seed_everything, summary
+from .distributed import Processes, is_main_process
 
 
 def _log(*args):
@@ -47,7 +39,7 @@ def _log(*args):
         print(*args, flush=True)
 
 
-def train_shakespeare(profile: str, steps: int | None, seconds: float | None, device) -> dict:
+def train_shakespeare(hp: dict, steps: int | None, seconds: float | None, procs: Processes) -> dict:
     """Notebook 03's character-level GPT."""
     from .checkpoint import save_checkpoint
     from .data import load_tiny_shakespeare
@@ -55,15 +47,15 @@ def train_shakespeare(profile: str, steps: int | None, seconds: float | None, de
     from .text import CharTokenizer, evaluate_lm, lm_batches, split_train_val
     from .train import fit
 
-    hp = pick(**SHAKESPEARE_RECIPES, profile=profile)
     steps = steps or hp["steps"]
     text = load_tiny_shakespeare()
     chars = CharTokenizer.train(text)
     train_ids, val_ids = split_train_val(torch.tensor(chars.encode(text)))
     model = GPT(TransformerConfig(vocab_size=chars.vocab_size, block_size=hp["block_size"], n_layer=hp["n_layer"],
                                   n_head=hp["n_head"], n_embd=hp["n_embd"], dropout=hp["dropout"]))
+    device = procs.device
     autocast = torch.bfloat16 if device.type == "cuda" else None
-    history = fit(model, lm_batches(train_ids, hp["block_size"], hp["batch_size"], seed=_rank()), steps=steps,
+    history = fit(model, lm_batches(train_ids, hp["block_size"], hp["batch_size"], seed=procs.rank), steps=steps,
                   lr=hp["lr"], min_lr=hp["lr"] / 10, betas=(0.9, 0.99), warmup=max(1, steps // 50),
                   val_data=lm_batches(val_ids, hp["block_size"], 64, seed=10_000), eval_batches=20,
                   time_limit=seconds, autocast_dtype=autocast, device=device)
@@ -72,34 +64,29 @@ def train_shakespeare(profile: str, steps: int | None, seconds: float | None, de
     return {"steps": history.steps_done, "val_loss_per_char": val_loss}
 
 
-def train_arithmetic(profile: str, steps: int | None, seconds: float | None, device) -> dict:
+def train_arithmetic(hp: dict, steps: int | None, seconds: float | None, procs: Processes) -> dict:
     """Notebook 04's best writing: abacus addition."""
     from . import arithmetic as ar
     from .checkpoint import save_checkpoint
     from .train import fit
 
-    hp = pick(
-        ci=dict(max_digits=3, n_layer=2, n_head=4, n_embd=64, batch_size=128, lr=3e-3, steps=600),
-        cpu=dict(max_digits=5, n_layer=2, n_head=4, n_embd=128, batch_size=256, lr=1e-3, steps=1500),
-        gpu=dict(max_digits=7, n_layer=3, n_head=4, n_embd=256, batch_size=512, lr=1e-3, steps=4000),
-        profile=profile,
-    )
     steps = steps or hp["steps"]
     n = hp["max_digits"]
-    test = ar.make_problems(2000, n, seed=1)
-    test_full = ar.make_problems(2000, n, seed=2, sampling="exact", exclude=test)
+    test = ar.make_problems(hp["n_test"], n, seed=1)
+    test_full = ar.make_problems(hp["n_test"], n, seed=2, sampling="exact", exclude=test)
     held_out = torch.cat([test, test_full])
     config = ar.ArithmeticConfig(representation="abacus", op="+", max_digits=n, n_layer=hp["n_layer"],
                                  n_head=hp["n_head"], n_embd=hp["n_embd"], max_place=n + 3)
     model = ar.ArithmeticModel(config)
-    history = fit(model, ar.training_batches(config, hp["batch_size"], exclude=held_out, seed=_rank()),
+    device = procs.device
+    history = fit(model, ar.training_batches(config, hp["batch_size"], exclude=held_out, seed=procs.rank),
                   steps=steps, lr=hp["lr"], time_limit=seconds, device=device)
     accuracy, accuracy_full = ar.evaluate(model, test), ar.evaluate(model, test_full)
     save_checkpoint(model, "04_arithmetic", accuracy=accuracy, accuracy_full=accuracy_full)
     return {"steps": history.steps_done, "accuracy": accuracy, f"accuracy_{n}_digits": accuracy_full}
 
 
-def train_cifar10(profile: str, steps: int | None, seconds: float | None, device) -> dict:
+def train_cifar10(hp: dict, steps: int | None, seconds: float | None, procs: Processes) -> dict:
     """Notebook 06's compact Vision Transformer."""
     import torch.nn.functional as F
 
@@ -107,24 +94,19 @@ def train_cifar10(profile: str, steps: int | None, seconds: float | None, device
     from .checkpoint import save_checkpoint
     from .train import fit
 
-    n_train = pick(ci=10_000, cpu=10_000, gpu=None, profile=profile)
-    batch = pick(ci=64, cpu=64, gpu=256, profile=profile)
-    epochs = pick(ci=2, cpu=20, gpu=60, profile=profile)
-    lr = pick(ci=2e-3, cpu=2e-3, gpu=1e-3, profile=profile)
-    vit = pick(ci=dict(n_layer=2, n_head=2, n_embd=96, conv_width=32),
-               cpu=dict(n_layer=2, n_head=2, n_embd=128, conv_width=32),
-               gpu=dict(n_layer=7, n_head=4, n_embd=256, conv_width=64), profile=profile)
     train_images, train_labels = V.load_cifar10("train")
     test_images, test_labels = V.load_cifar10("test")
-    if n_train is not None and n_train < len(train_images):
-        keep = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[:n_train]
+    if hp["n_train"] is not None and hp["n_train"] < len(train_images):
+        keep = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[: hp["n_train"]]
         train_images, train_labels = train_images[keep], train_labels[keep]
-    batches = V.ImageBatches(train_images, train_labels, batch)
-    steps = steps or epochs * len(batches) // _world()
+    batches = V.ImageBatches(train_images, train_labels, hp["batch_size"], seed=procs.rank)
+    steps = steps or hp["epochs"] * len(batches) // procs.world_size
     test_x = V.normalize(test_images)
-    model = V.VisionTransformer(V.ViTConfig(tokenizer="conv", pool="seq", **vit))
-    history = fit(model, batches, steps=steps, lr=lr, weight_decay=0.05, time_limit=seconds, device=device,
-                  loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1], label_smoothing=0.1),
+    model = V.VisionTransformer(V.ViTConfig(tokenizer="conv", pool="seq", **hp["vit"]))
+    device = procs.device
+    history = fit(model, batches, steps=steps, lr=hp["lr"], weight_decay=hp["weight_decay"], time_limit=seconds,
+                  device=device,
+                  loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1], label_smoothing=hp["label_smoothing"]),
                   autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
     accuracy = V.accuracy(model, test_x, test_labels)
     save_checkpoint(model, "06_image_classification", classes=list(V.CIFAR10_CLASSES), mean=list(V.CIFAR10_MEAN),
@@ -132,31 +114,40 @@ def train_cifar10(profile: str, steps: int | None, seconds: float | None, device
     return {"steps": history.steps_done, "test_accuracy": accuracy}
 
 
-TASKS = {"shakespeare": train_shakespeare, "arithmetic": train_arithmetic, "cifar10": train_cifar10}
+# task -> (the notebook's recipe, the training function)
+TASKS = {
+    "shakespeare": (recipes.LANGUAGE_MODEL, train_shakespeare),
+    "arithmetic": (recipes.ARITHMETIC, train_arithmetic),
+    "cifar10": (recipes.IMAGE_CLASSIFICATION, train_cifar10),
+}
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(prog="python -m helpers.train_cli", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("task", choices=sorted(TASKS))
-    parser.add_argument("--profile", choices=PROFILES, default=None,
-                        help="the notebook profile whose recipe to use (default: $TFS_PROFILE, else gpu/cpu from the hardware)")
-    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per rank (default: the profile's)")
+    parser.add_argument("--profile", default=None,
+                        help=f"the notebook profile whose recipe to use: {', '.join(PROFILES)} "
+                             "(default: $TFS_PROFILE, else gpu/cpu from the hardware)")
+    parser.add_argument("--steps", type=int, default=None, help="optimizer steps per process (default: the profile's)")
     parser.add_argument("--seconds", type=float, default=None, help="stop training after this many seconds")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if args.steps is not None and args.steps < 1:
         parser.error("--steps must be at least 1")
-    profile = args.profile or os.environ.get("TFS_PROFILE") or ("gpu" if torch.cuda.is_available() else "cpu")
+    try:
+        profile = get_profile(args.profile)
+    except ValueError as err:
+        parser.error(str(err))
+    recipe, train = TASKS[args.task]
     seed_everything(args.seed)
-    device = get_device()
-    _log(f"task={args.task} profile={profile} world_size={_world()} | {summary()}")
+    procs = Processes.start(get_device())  # joins the process group under torchrun
+    _log(f"task={args.task} profile={profile} world_size={procs.world_size} | {summary()}")
     tick = time.perf_counter()
-    result = TASKS[args.task](profile, args.steps, args.seconds, device)
+    result = train(pick(**recipe, profile=profile), args.steps, args.seconds, procs)
     result["seconds"] = round(time.perf_counter() - tick, 1)
     _log(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in result.items()))
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    procs.finish()
     return result
 
 

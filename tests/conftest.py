@@ -35,21 +35,3 @@ def data_dirs(tmp_path, monkeypatch):
     monkeypatch.delenv("TFS_OFFLINE", raising=False)
     data._verified.clear()
     return cache, mirror
-
-
-@pytest.fixture
-def notebook_code():
-    """`notebook_code(name, prefix)`: the source of the code cell of notebooks/`name` that has a line starting
-    with `prefix`, for tests that keep a notebook's settings and the helpers' copies of them in step."""
-    import json
-    from pathlib import Path
-
-    def find(name: str, prefix: str) -> str:
-        cells = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / name).read_text())["cells"]
-        for cell in cells:
-            source = "".join(cell["source"])
-            if cell["cell_type"] == "code" and any(line.startswith(prefix) for line in source.splitlines()):
-                return source
-        raise AssertionError(f"{name} has no code cell with a line starting {prefix!r}")
-
-    return find

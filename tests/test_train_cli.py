@@ -9,7 +9,7 @@ import torch
 
 import helpers
 from helpers import arithmetic as ar
-from helpers import train_cli
+from helpers import recipes, train_cli
 
 
 def test_arithmetic_task_trains_and_saves_a_checkpoint_ready_for_solve(tmp_path, monkeypatch):
@@ -54,16 +54,42 @@ def test_shakespeare_under_torchrun_two_processes(tmp_path):
     assert model.checkpoint_extra["val_loss_per_char"] < torch.log(torch.tensor(65.0)).item()  # it learned something
 
 
-def test_shakespeare_recipes_match_notebook_03(notebook_code):
-    # The command line, the benchmarks and the notebook train the same model; they must not drift apart.
-    import ast
+NOTEBOOK_OF_TASK = {"shakespeare": "03_language_modelling", "arithmetic": "04_arithmetic",
+                    "cifar10": "06_image_classification"}
 
-    from helpers.text import LM_RECIPES
 
-    # The cell `hp = pick(ci=dict(...), cpu=dict(...), gpu=dict(...))`: each profile's dict.
-    call = ast.parse(notebook_code("03_language_modelling.ipynb", "hp = pick(")).body[0].value
-    notebook = {kw.arg: {k.arg: ast.literal_eval(k.value) for k in kw.value.keywords} for kw in call.keywords}
-    model_keys = ["n_layer", "n_head", "n_embd", "block_size", "batch_size", "lr"]
-    for profile, recipe in train_cli.SHAKESPEARE_RECIPES.items():
-        assert {k: recipe[k] for k in model_keys + ["steps"]} == {k: notebook[profile][k] for k in model_keys + ["steps"]}
-    assert {k: LM_RECIPES["cpu"][k] for k in model_keys} == {k: notebook["cpu"][k] for k in model_keys}
+@pytest.mark.parametrize("task", sorted(train_cli.TASKS))
+@pytest.mark.parametrize("profile", ["ci", "gpu"])
+def test_each_task_trains_with_its_notebooks_recipe_object(task, profile, monkeypatch):
+    # The notebook reads `hp = pick(**recipes.X)`; the command line must train with that very dict, not a copy.
+    seen = []
+    recipe, _ = train_cli.TASKS[task]
+    monkeypatch.setitem(train_cli.TASKS, task, (recipe, lambda hp, *args: seen.append(hp) or {"steps": 0}))
+    train_cli.main([task, "--profile", profile])
+    assert seen[0] is recipes.ALL[NOTEBOOK_OF_TASK[task]][profile]
+
+
+def test_every_notebook_reads_its_recipe_from_helpers_recipes():
+    import json
+    from pathlib import Path
+
+    for name, recipe in recipes.ALL.items():
+        assert set(recipe) == {"ci", "cpu", "gpu"}, name
+        cells = json.loads((Path(__file__).resolve().parents[1] / "notebooks" / f"{name}.ipynb").read_text())["cells"]
+        code = "\n".join("".join(c["source"]) for c in cells if c["cell_type"] == "code")
+        attribute = next(k for k, v in vars(recipes).items() if v is recipe and k != "ALL")
+        assert f"hp = pick(**recipes.{attribute})" in code, name
+
+
+def test_profile_is_read_as_get_profile_reads_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFS_DATA_DIR", str(tmp_path))
+    result = train_cli.main(["arithmetic", "--profile", "CPU", "--steps", "5"])
+    assert result["steps"] == 5
+    monkeypatch.setenv("TFS_PROFILE", " Ci ")
+    assert train_cli.main(["arithmetic", "--steps", "3"])["steps"] == 3
+
+
+def test_an_unknown_profile_is_a_clear_error(capsys):
+    with pytest.raises(SystemExit):
+        train_cli.main(["arithmetic", "--profile", "laptop"])
+    assert "is not a profile; use one of ci, cpu, gpu" in capsys.readouterr().err
