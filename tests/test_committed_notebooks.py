@@ -1,0 +1,57 @@
+"""The committed notebooks' outputs: what a reader on GitHub sees must be what a live reader sees.
+
+One test per notebook in notebooks/, reading its JSON only (no kernel): every non-blank code cell ran, top to
+bottom, once each (execution counts 1, 2, 3, ...; nbclient and Jupyter skip blank cells and so does the count);
+no error outputs; no stale widget state and no progress-bar widgets frozen at 0%; every cell that draws a figure
+has an image output; no absolute path of the machine that ran it; at most 2 MB. The rules are in
+tools/notebook_checks.py. A notebook that fails is fixed by rerunning it: python tools/run_notebook.py NAME.ipynb
+"""
+
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tools"))
+import notebook_checks  # noqa: E402
+
+NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
+
+
+def test_there_are_notebooks():
+    assert NOTEBOOKS, "no notebooks in notebooks/"
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.name for p in NOTEBOOKS])
+def test_committed_outputs(path):
+    nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
+    problems = notebook_checks.check_all(nb, path.stat().st_size)
+    if problems:
+        pytest.fail(f"{path.name} (cell N: the N-th of its cells, counted from 0, markdown included); rerun it with "
+                    f"`python tools/run_notebook.py {path.name}`:\n  " + "\n  ".join(problems), pytrace=False)
+
+
+
+def _notebook(*cells):
+    """A notebook of code cells given as (source, execution_count, outputs)."""
+    return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s, execution_count=n, outputs=o)
+                                           for s, n, o in cells])
+
+
+def test_the_checks_catch_what_they_should():
+    leak = [nbformat.v4.new_output("stream", text="saved to /home/ada/course/data/x.pt\n")]
+    url = [nbformat.v4.new_output("stream", text="see https://example.org/home/page and data/x.pt\n")]
+    bar = [nbformat.v4.new_output("display_data", data={notebook_checks.WIDGET_VIEW: {"model_id": "1"},
+                                                        "text/plain": "training:   0%|   | 0/300 [00:00<?, ?it/s]"})]
+    nb = _notebook(("x = 1", 1, bar), ("", None, []), ("y = 2", 3, url), ("print(x)", None, leak),
+                   ("fig, ax = plt.subplots()\nax.plot(x)", 4, []), ("def f():\n    plt.show()", 5, []))
+    nb.metadata["widgets"] = {}
+    cells = lambda problems: [p.split(":")[0] for p in problems]
+    assert notebook_checks.check_execution(nb) == ["cells 3: never ran (no execution count)",
+                                                   "cell 2: execution count 3, expected 2 (run top to bottom once)"]
+    assert cells(notebook_checks.check_widgets(nb)) == ["metadata.widgets", "cell 0"]
+    assert cells(notebook_checks.check_paths(nb)) == ["cell 3"]  # not the URL of cell 2
+    assert cells(notebook_checks.check_figures(nb)) == ["cell 4"]  # cell 5 only defines a function
+    assert notebook_checks.check_size(3_000_000) and not notebook_checks.check_size(1_000_000)
