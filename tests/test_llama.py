@@ -152,3 +152,40 @@ def test_bad_options_are_clear_errors():
         TransformerConfig(positions="sinusoidal")
     with pytest.raises(ValueError, match="not a multiple of n_kv_head"):
         MultiHeadAttention(48, 6, n_kv_head=4)
+
+
+def test_bfloat16_gives_transformers_logits_and_tokens():
+    """In bfloat16 rounding order matters: our RMSNorm normalises in float32 and rounds before the gain, and
+    RoPE's angles are float32, as Meta's and Hugging Face's Llama do."""
+    from helpers.llm import hf_llama
+
+    hf, reference = tiny_llama()
+    ours = llama_from_state_dict(reference.state_dict(), hf.to_dict()).to(torch.bfloat16)  # angles: float32, rounded
+    theirs = hf_llama({k: v for k, v in reference.state_dict().items() if k != "lm_head.weight"}, hf.to_dict(),
+                      dtype=torch.bfloat16)
+    assert theirs.model.rotary_emb.inv_freq.dtype == torch.float32
+    ids = torch.randint(0, 97, (2, 23))
+    with torch.no_grad():
+        assert torch.equal(ours(ids), theirs(ids).logits)
+        expected = theirs.generate(ids[:1, :7], max_new_tokens=12, do_sample=False, pad_token_id=0)
+    assert torch.equal(generate(ours, ids[:1, :7], 12, temperature=0), expected)
+
+
+def test_last_only_and_the_one_query_path_change_nothing():
+    hf, reference = tiny_llama()
+    ours = llama_from_state_dict(reference.state_dict(), hf.to_dict())
+    ids = torch.randint(0, 97, (2, 15))
+    with torch.no_grad():
+        full = ours(ids)
+        assert_close(ours(ids, last_only=True), full[:, -1:], atol=1e-6, rtol=1e-6)
+        cache = ours.new_cache(2)
+        ours(ids[:, :14], cache=cache)
+        step = ours(ids[:, 14:], cache=cache, last_only=True)  # one query per head: the grouped fast path
+        attention = ours.blocks[0].attn
+        attention.store_weights = True  # the einsum reference, kv heads repeated
+        cache = ours.new_cache(2)
+        ours(ids[:, :14], cache=cache)
+        reference_step = ours(ids[:, 14:], cache=cache, last_only=True)
+        attention.store_weights = False
+    assert_close(step, full[:, -1:], atol=1e-5, rtol=1e-5)
+    assert_close(step, reference_step, atol=1e-5, rtol=1e-5)

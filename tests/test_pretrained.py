@@ -4,8 +4,9 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from helpers import GPT, TransformerConfig
 from helpers.data import OfflineError
-from helpers.pretrained import load_gpt2, load_minilm, minilm_dir
+from helpers.pretrained import gpt2_config, gpt2_to_gpt, load_gpt2, load_minilm, minilm_dir
 
 SENTENCES = [
     "The cat sat on the mat.",
@@ -64,3 +65,56 @@ def test_gpt2_logits_equal_hugging_face():
     ids = torch.tensor([[464, 5044, 318, 257, 1332, 286, 262]])
     with torch.no_grad():
         assert_close(ours(ids), reference(ids).logits, atol=1e-4, rtol=1e-4)
+
+
+def _tiny_gpt2(seed=0):
+    """A GPT-2 with random weights from a small transformers.GPT2Config: nothing is downloaded."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(n_layer=3, n_head=4, n_embd=32, n_positions=24, vocab_size=50, bos_token_id=0, eos_token_id=0)
+    model = GPT2LMHeadModel(config).eval()
+    with torch.no_grad():  # larger weights than GPT-2's initial 0.02, random biases and LayerNorms, so that each shows
+        for p in model.parameters():
+            if p.dim() == 1:
+                p.add_(0.1 * torch.randn_like(p))
+            else:
+                p.normal_(0, 0.15)
+    return model
+
+
+def _our_config(hf) -> TransformerConfig:
+    c = hf.config
+    return TransformerConfig(vocab_size=c.vocab_size, block_size=c.n_positions, n_layer=c.n_layer, n_head=c.n_head,
+                             n_embd=c.n_embd, activation="gelu_tanh", layer_norm_eps=c.layer_norm_epsilon)
+
+
+def test_tiny_random_gpt2_in_our_gpt_gives_the_same_logits():
+    hf = _tiny_gpt2()
+    ours = GPT(_our_config(hf)).eval()
+    ours.load_state_dict(gpt2_to_gpt(hf.state_dict(), hf.config.n_layer))
+    ids = torch.randint(0, 50, (3, 24))
+    with torch.no_grad():
+        expected = hf(ids).logits
+        assert_close(ours(ids), expected, atol=1e-5, rtol=1e-4)
+        assert_close(ours(ids[:, :7]), hf(ids[:, :7]).logits, atol=1e-5, rtol=1e-4)  # shorter prompts too
+        # GPT-2's Conv1D stores (in, out): loading without the transposes gives other logits
+        wrong = {k: (v.t() if v.dim() == 2 and v.size(0) == v.size(1) and "blocks" in k else v)
+                 for k, v in gpt2_to_gpt(hf.state_dict(), hf.config.n_layer).items()}
+        ours.load_state_dict(wrong)
+        assert not torch.allclose(ours(ids), expected, atol=1e-3)
+
+
+def test_tiny_gpt2_needs_its_tanh_gelu():
+    hf = _tiny_gpt2()
+    exact = GPT(TransformerConfig(**{**vars(_our_config(hf)), "activation": "gelu"})).eval()
+    exact.load_state_dict(gpt2_to_gpt(hf.state_dict(), hf.config.n_layer))
+    ids = torch.randint(0, 50, (2, 16))
+    with torch.no_grad():
+        gap = (exact(ids) - hf(ids).logits).abs().max().item()
+    assert 1e-4 < gap < 1e-2  # small, but a hundred times a correct port's rounding
+
+
+def test_gpt2_config_names():
+    assert gpt2_config("gpt2").n_layer == 12 and gpt2_config("gpt2-medium").n_embd == 1024
+    assert gpt2_config().activation == "gelu_tanh"
