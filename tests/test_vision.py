@@ -76,8 +76,9 @@ def tiny_patch_gpt(**kw):
     return V.PatchGPT(V.PatchGPTConfig(**base))
 
 
-def test_patch_gpt_is_causal_and_conditional():
-    model = tiny_patch_gpt().eval()
+@pytest.mark.parametrize("conditioning", ["prefix", "cross"])
+def test_patch_gpt_is_causal_and_conditional(conditioning):
+    model = tiny_patch_gpt(conditioning=conditioning).eval()
     patches = torch.rand(2, 16, 4)
     labels = torch.tensor([0, 1])
     out = model(patches, labels)
@@ -89,8 +90,9 @@ def test_patch_gpt_is_causal_and_conditional():
     assert not torch.allclose(model(patches, torch.tensor([2, 2]))[:, 0], out[:, 0])  # the label matters
 
 
-def test_patch_gpt_sampling_with_cache_matches_forward():
-    model = tiny_patch_gpt().eval()
+@pytest.mark.parametrize("conditioning", ["prefix", "cross"])
+def test_patch_gpt_sampling_with_cache_matches_forward(conditioning):
+    model = tiny_patch_gpt(conditioning=conditioning).eval()
     labels = torch.tensor([0, 2])
     images = model.sample(labels)  # noise 0: each patch is the model's prediction (clamped to [0, 1])
     assert images.shape == (2, 1, 8, 8) and images.min() >= 0 and images.max() <= 1
@@ -141,8 +143,9 @@ def test_discrete_pixels_see_only_earlier_pixels_of_their_patch():
     assert not torch.allclose(out[0, 6:], out2[0, 6:])  # and so do later patches
 
 
-def test_discrete_patch_gpt_samples_on_the_grid():
-    model = tiny_patch_gpt(levels=4).eval()
+@pytest.mark.parametrize("conditioning", ["prefix", "cross"])
+def test_discrete_patch_gpt_samples_on_the_grid(conditioning):
+    model = tiny_patch_gpt(levels=4, conditioning=conditioning).eval()
     labels = torch.tensor([0, 2])
     g = torch.Generator().manual_seed(0)
     images = model.sample(labels, generator=g)
@@ -153,6 +156,72 @@ def test_discrete_patch_gpt_samples_on_the_grid():
     greedy = model.sample(labels, temperature=0)  # the most likely level of every pixel
     patches = V.patchify(greedy, 2)
     assert torch.equal(V.dequantize(model(patches, labels).argmax(-1), 4), patches)
+
+
+def test_cross_conditioning_reads_the_label_from_a_memory_computed_once():
+    model = tiny_patch_gpt(levels=4, conditioning="cross").eval()
+    assert model.start.num_embeddings == 1 and model.condition.num_embeddings == 4  # 3 classes and "any"
+    assert all(hasattr(block, "cross") for block in model.gpt.blocks)
+    labels = torch.tensor([0, 2])
+    calls = []
+    hooks = [block.cross.kv.register_forward_hook(lambda *_: calls.append(1)) for block in model.gpt.blocks]
+    model.sample(labels, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == len(model.gpt.blocks)  # one computation of the memory's keys and values per block
+    calls.clear()
+    model.sample(labels, guidance=2.0, generator=torch.Generator().manual_seed(0))
+    assert len(calls) == len(model.gpt.blocks)  # with guidance too (both halves of the batch at once)
+    for hook in hooks:
+        hook.remove()
+    # the unconditional memory is the "any class" vector: the same as asking for class 3
+    patches = torch.rand(2, 16, 4)
+    assert_close(model(patches), model(patches, torch.tensor([3, 3])))
+
+
+def test_cross_attention_to_one_vector_ignores_its_queries_and_keys():
+    """A memory of one vector gets attention weight 1 from every query, so the queries and keys of the
+    cross-attention get no gradient: the layer adds a projection of the condition to every position."""
+    model = tiny_patch_gpt(conditioning="cross")
+    model.loss(torch.rand(4, 1, 8, 8), torch.tensor([0, 1, 2, 0])).backward()
+    C = model.config.n_embd
+    for block in model.gpt.blocks:
+        values = block.cross.kv.weight.grad[C:].abs().max()  # the values' half of [W_k; W_v] learns
+        assert values > 0
+        assert block.cross.q.weight.grad.abs().max() < 1e-6 * values  # zero, up to rounding
+        assert block.cross.kv.weight.grad[:C].abs().max() < 1e-6 * values  # the keys' half
+
+
+def test_patch_gpt_rejects_an_unknown_conditioning():
+    with pytest.raises(ValueError, match="conditioning"):
+        V.PatchGPTConfig(conditioning="film")
+
+
+def test_checkpoints_without_a_conditioning_field_load_as_prefix(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFS_DATA_DIR", str(tmp_path))
+    model = tiny_patch_gpt(levels=4).eval()
+    path = save_checkpoint(model, "00_patch_gpt")
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["conditioning"]  # as written before the option existed
+    torch.save(payload, path)
+    again = load_checkpoint("00_patch_gpt")
+    assert again.config.conditioning == "prefix"
+    patches = torch.rand(2, 16, 4)
+    assert torch.equal(again(patches, torch.tensor([0, 1])), model(patches, torch.tensor([0, 1])))
+
+
+@pytest.mark.parametrize("conditioning", ["prefix", "cross"])
+def test_nll_bits_is_the_loss_summed_over_each_image(conditioning):
+    model = tiny_patch_gpt(levels=4, conditioning=conditioning).eval()
+    images, labels = torch.rand(3, 1, 8, 8), torch.tensor([0, 1, 2])
+    bits = model.nll_bits(images, labels)
+    assert bits.shape == (3,)
+    assert_close(bits.mean() / 64, model.loss(images, labels).detach() / math.log(2))  # 64 pixels per image
+    assert_close(model.nll_bits(images[1:2], labels[1:2]), bits[1:2])  # one image's figure is its own
+    # mixing the classes never costs more than log2(classes) bits over the best class (p(y) uniform)
+    per_class = torch.stack([model.nll_bits(images, torch.full((3,), y)) for y in range(3)], 1)  # (3, 3)
+    mixture = -torch.logsumexp(-per_class * math.log(2) - math.log(3), 1) / math.log(2)
+    assert (mixture <= per_class.min(1).values + math.log2(3) + 1e-4).all()
+    with pytest.raises(ValueError, match="discrete"):
+        tiny_patch_gpt().nll_bits(images)
 
 
 def test_digit_classifier_shapes():
@@ -381,22 +450,27 @@ def test_image_batches_visit_every_image_once_per_epoch():
 
 
 @pytest.mark.parametrize("levels", [None, 4])
-def test_guidance_is_a_no_op_when_the_label_changes_nothing(levels):
+@pytest.mark.parametrize("conditioning", ["prefix", "cross"])
+def test_guidance_is_a_no_op_when_the_label_changes_nothing(levels, conditioning):
     torch.manual_seed(0)
-    model = V.PatchGPT(V.PatchGPTConfig(patch_size=7, levels=levels, n_layer=1, n_head=2, n_embd=16)).eval()
+    model = V.PatchGPT(V.PatchGPTConfig(patch_size=7, levels=levels, n_layer=1, n_head=2, n_embd=16,
+                                        conditioning=conditioning)).eval()
+    table = model.condition if conditioning == "cross" else model.start
     with torch.no_grad():
-        model.start.weight.copy_(model.start.weight[:1].expand_as(model.start.weight))  # every label the same
+        table.weight.copy_(table.weight[:1].expand_as(table.weight))  # every label the same
     labels = torch.tensor([3, 7])
     plain = model.sample(labels, noise=0.1, generator=torch.Generator().manual_seed(1))
     guided = model.sample(labels, noise=0.1, guidance=2.0, generator=torch.Generator().manual_seed(1))
     torch.testing.assert_close(guided, plain)
 
 
-def test_guidance_changes_samples_and_needs_labels():
+@pytest.mark.parametrize("conditioning", ["prefix", "cross"])
+def test_guidance_changes_samples_and_needs_labels(conditioning):
     torch.manual_seed(0)
-    model = V.PatchGPT(V.PatchGPTConfig(patch_size=7, levels=4, n_layer=1, n_head=2, n_embd=16)).eval()
+    model = V.PatchGPT(V.PatchGPTConfig(patch_size=7, levels=4, n_layer=1, n_head=2, n_embd=16,
+                                        conditioning=conditioning)).eval()
     with torch.no_grad():
-        model.start.weight.normal_()
+        (model.condition if conditioning == "cross" else model.start).weight.normal_()
     labels = torch.tensor([3, 7])
     plain = model.sample(labels, generator=torch.Generator().manual_seed(1))
     guided = model.sample(labels, guidance=3.0, generator=torch.Generator().manual_seed(1))

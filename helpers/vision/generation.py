@@ -2,12 +2,13 @@
 
 :class:`PatchGPT` predicts each patch of an image from the patches above and to the left of it,
 continuous (trained with a mean-squared error) or quantized (cross-entropy, a likelihood), optionally
-conditioned on the digit; :class:`DigitClassifier` reads generated digits, so that "does the sample look
+conditioned on the digit, by a start token (prefix) or by cross-attention; :class:`DigitClassifier` reads generated digits, so that "does the sample look
 like the digit it was asked for" becomes a number.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -17,6 +18,8 @@ from torch import nn
 from ..model import GPT, transformer_config
 from .patches import _as_bchw, dequantize, patchify, quantize, unpatchify
 
+CONDITIONINGS = ("prefix", "cross")
+
 
 @dataclass
 class PatchGPTConfig:
@@ -24,11 +27,18 @@ class PatchGPTConfig:
     channels: int = 1
     patch_size: int = 4
     levels: int | None = None  # None: continuous pixels, mean-squared error; L: L grey levels, cross-entropy
-    n_classes: int = 10  # start tokens 0..n_classes-1 name a class; start token n_classes means "any class"
+    n_classes: int = 10  # conditions 0..n_classes-1 name a class; condition n_classes means "any class"
     n_layer: int = 4
     n_head: int = 4
     n_embd: int = 128
     dropout: float = 0.0
+    # "prefix": the class chooses the start token; "cross": every block cross-attends to the class's embedding
+    # (the original tutorial's GPT-2 with add_cross_attention). Older checkpoints have no field: "prefix".
+    conditioning: str = "prefix"
+
+    def __post_init__(self):
+        if self.conditioning not in CONDITIONINGS:
+            raise ValueError(f"conditioning={self.conditioning!r}; use one of {', '.join(CONDITIONINGS)}")
 
     @property
     def n_patches(self) -> int:
@@ -44,11 +54,15 @@ class PatchGPT(nn.Module):
     to the left of it. The shared :class:`~helpers.model.GPT` with a linear input embedding of a
     patch's pixels and an output head for the next patch's pixels.
 
-    The sequence starts with a start token, a learned vector chosen by the class label (or the
-    "any class" vector ``n_classes`` for unconditional generation)::
+    The sequence starts with a start token. With ``conditioning="prefix"`` it is a learned vector chosen
+    by the class label (or the "any class" vector ``n_classes`` for unconditional generation)::
 
         input   [start(y), patch_1, ..., patch_{N-1}]   (B, N, C)
         output  [patch_1,  patch_2, ..., patch_N]        (B, N, P) values, or (B, N, P, L) logits
+
+    With ``conditioning="cross"`` the start token is one learned vector for every image, and the class
+    reaches the model through a memory of one vector, ``condition(y)`` (B, 1, C), that every block
+    cross-attends to (keys and values computed once per image when sampling with the cache).
 
     With ``levels=None`` the head predicts each pixel's value, trained with the mean-squared error. With
     ``levels=L`` pixels are quantized to L grey levels and the head gives a distribution over the levels
@@ -61,11 +75,14 @@ class PatchGPT(nn.Module):
     def __init__(self, cfg: PatchGPTConfig):
         super().__init__()
         self.config = cfg
+        cross = cfg.conditioning == "cross"
         self.embed = nn.Linear(cfg.patch_dim, cfg.n_embd)  # a patch's pixels -> a vector
-        self.start = nn.Embedding(cfg.n_classes + 1, cfg.n_embd)
+        self.start = nn.Embedding(1 if cross else cfg.n_classes + 1, cfg.n_embd)
         nn.init.normal_(self.start.weight, 0.0, 0.02)
+        if cross:  # the memory: one vector per class (and "any class"), unit scale like an encoder's states
+            self.condition = nn.Embedding(cfg.n_classes + 1, cfg.n_embd)
         self.gpt = GPT(transformer_config(cfg, vocab_size=None, block_size=cfg.n_patches,
-                                          n_out=cfg.patch_dim * (cfg.levels or 1)))
+                                          n_out=cfg.patch_dim * (cfg.levels or 1), cross_attention=cross))
         if cfg.levels:  # within a patch, pixel i also sees the levels of pixels 0..i-1 (a masked linear map)
             width = cfg.patch_dim * cfg.levels
             self.within = nn.Linear(width, width, bias=False)
@@ -73,10 +90,22 @@ class PatchGPT(nn.Module):
             pixel = torch.arange(cfg.patch_dim).repeat_interleave(cfg.levels)  # (P * L,) pixel of each unit
             self.register_buffer("within_mask", pixel[:, None] > pixel[None, :], persistent=False)
 
-    def _start(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
-        if labels is None:  # unconditional: the "any class" start token
+    def _labels(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        if labels is None:  # unconditional: the "any class" condition
             labels = torch.full((batch,), self.config.n_classes, dtype=torch.long, device=device)
+        return labels
+
+    def _start(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        labels = self._labels(labels, batch, device)
+        if self.config.conditioning == "cross":  # one start token; the class is in the memory
+            labels = torch.zeros_like(labels)
         return self.start(labels).unsqueeze(1)  # (B, 1, C)
+
+    def _memory(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor | None:
+        """What the blocks cross-attend to: (B, 1, C), or None with prefix conditioning."""
+        if self.config.conditioning != "cross":
+            return None
+        return self.condition(self._labels(labels, batch, device)).unsqueeze(1)
 
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] -> patches (B, N, P), rounded to the grey levels in the discrete model."""
@@ -89,7 +118,7 @@ class PatchGPT(nn.Module):
         with ``levels`` logits (B, N, P, levels)."""
         B, N, P = patches.shape
         x = torch.cat([self._start(labels, B, patches.device), self.embed(patches[:, :-1])], dim=1)
-        out = self.gpt(x)
+        out = self.gpt(x, memory=self._memory(labels, B, patches.device))
         if not self.config.levels:
             return out
         # Teacher forcing inside the patch: pixel i's logits get a term from the true levels of pixels < i.
@@ -106,6 +135,18 @@ class PatchGPT(nn.Module):
             return F.mse_loss(out, patches)
         targets = quantize(patches, self.config.levels)  # (B, N, P) ints
         return F.cross_entropy(out.flatten(0, 2).float(), targets.flatten())
+
+    @torch.no_grad()
+    def nll_bits(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """Discrete model: each image's negative log-likelihood -log2 p(x | y), summed over its pixels,
+        in bits: (B,). ``labels=None`` scores the images with the "any class" condition."""
+        if not self.config.levels:
+            raise ValueError("nll_bits needs a discrete model (levels=L): a regression model has no likelihood")
+        patches = self._prepare(images)
+        out = self(patches, labels)  # (B, N, P, L)
+        targets = quantize(patches, self.config.levels)
+        nats = F.cross_entropy(out.flatten(0, 2).float(), targets.flatten(), reduction="none")
+        return nats.view(len(images), -1).sum(1) / math.log(2)
 
     def _draw(self, out: torch.Tensor, noise: float, temperature: float, generator,
               guidance: float = 0.0) -> torch.Tensor:
@@ -160,12 +201,14 @@ class PatchGPT(nn.Module):
             raise ValueError("guidance needs labels: it contrasts the labelled model with the unconditional one")
         rows = 2 * B if guidance else B  # with guidance: B conditional rows, then B unconditional ones
         cache = self.gpt.new_cache(rows)
-        x = self._start(labels, B, device)  # (B, 1, C)
+        x, memory = self._start(labels, B, device), self._memory(labels, B, device)  # (B, 1, C) each
         if guidance:
             x = torch.cat([x, self._start(None, B, device)])  # (2B, 1, C)
+            memory = None if memory is None else torch.cat([memory, self._memory(None, B, device)])
         out = []
         for t in range(cfg.n_patches):
-            head = self.gpt(x, cache=cache)[:, -1]  # (rows, P * L): the next patch
+            # the memory's keys and values are computed at the first step and kept in the cache
+            head = self.gpt(x, cache=cache, memory=memory)[:, -1]  # (rows, P * L): the next patch
             if prefix is not None and t < prefix.size(1):
                 patch = prefix[:, t].to(device).float()
             else:
