@@ -6,10 +6,14 @@ the image patches replaced by audio frames::
 
     waveform (N,) --LogMel--> features (T, F) --conv, stride 4--> frames (T/4, C) --Encoder--> logits (10,)
 
+``AudioConfig(architecture="causal")`` swaps the encoder for the shared causal :class:`~helpers.model.GPT`,
+as the seed tutorial's first model does: a causal model's position t sees only positions <= t, so its
+class token goes *after* the clip's last real frame, the one position that sees the whole clip.
+
 Clips have different lengths, so a batch is padded and carries a padding mask ``(B, T)``
 (True = real frame). The front end zeroes the padded frames before every convolution, so they look
-exactly like the convolution's own zero padding, and the encoder's attention never looks at them:
-a clip gives the same logits alone and padded in a batch.
+exactly like the convolution's own zero padding, and attention never looks at them: a clip gives the
+same logits alone and padded in a batch, with either architecture.
 """
 
 from __future__ import annotations
@@ -26,13 +30,14 @@ import torchaudio
 from torch import nn
 
 from .data import DatasetInfo, RemoteFile, fetch_files, register
-from .model import Encoder, evaluating, transformer_config
+from .model import GPT, Encoder, evaluating, init_weights, transformer_config
 
 # --------------------------------------------------------------------------- data
 
 FSDD_SPEAKERS = ("george", "jackson", "lucas", "nicolas", "theo", "yweweler")
 FSDD_SAMPLE_RATE = 8000
 FSDD_PER_SPEAKER = 50  # recordings of each digit by each speaker; index 0-4 is the official test set
+FSDD_VALIDATION = range(5, 10)  # the course's validation split: index 5-9, held out of the official training set
 # Release v1.0.10: the 3,000 recordings of six speakers (the repository has gained more since)
 _FSDD_URL = "https://raw.githubusercontent.com/Jakobovski/free-spoken-digit-dataset/v1.0.10/recordings/"
 
@@ -96,7 +101,8 @@ def load_fsdd() -> list[Recording]:
 
 def split_fsdd(recordings: list[Recording], test_speaker: str | None = None):
     """(train, test) lists. The official split puts index 0-4 of every speaker and digit in the test
-    set; with ``test_speaker`` the test set is that speaker and the training set the other five."""
+    set; with ``test_speaker`` the test set is that speaker and the training set the other five.
+    Choose settings on :func:`validation_split` of the training list, never on the test list."""
     if test_speaker is None:
         is_test = [r.index < 5 for r in recordings]
     elif test_speaker in FSDD_SPEAKERS:
@@ -106,6 +112,19 @@ def split_fsdd(recordings: list[Recording], test_speaker: str | None = None):
     train = [r for r, t in zip(recordings, is_test, strict=True) if not t]
     test = [r for r, t in zip(recordings, is_test, strict=True) if t]
     return train, test
+
+
+def validation_split(train: list[Recording], indices=FSDD_VALIDATION):
+    """(train, validation) lists from a training list: the recordings whose index is in ``indices``
+    (default 5-9: 300 clips, five of every speaker and digit) become the validation set. Apply it to
+    the training half of :func:`split_fsdd`, so that no test recording (index 0-4, or the held-out
+    speaker) is ever used to choose a setting."""
+    indices = set(indices)
+    if indices & set(range(5)):
+        raise ValueError(f"validation indices {sorted(indices & set(range(5)))} are in the official test split "
+                         "(index 0-4); choose indices from 5-49")
+    val = [r for r in train if r.index in indices]
+    return [r for r in train if r.index not in indices], val
 
 
 # --------------------------------------------------------------------------- features
@@ -130,10 +149,20 @@ class AudioConfig:
     dropout: float = 0.1
     max_frames: int = 1024  # longest input in feature frames (10 s at 10 ms)
     n_classes: int = 10
+    # "encoder": the bidirectional Encoder, class token first; "causal": the causal GPT, class token after
+    # each clip's last real frame (the seed tutorial's GPT-2 classifier).
+    architecture: str = "encoder"
+
+    def __post_init__(self):
+        if self.architecture not in ARCHITECTURES:
+            raise ValueError(f"architecture={self.architecture!r}; use one of {', '.join(ARCHITECTURES)}")
 
     @property
     def n_features(self) -> int:
         return self.n_mfcc or self.n_mels
+
+
+ARCHITECTURES = ("encoder", "causal")
 
 
 class LogMel(nn.Module):
@@ -223,11 +252,15 @@ class ConvFrontEnd(nn.Module):
 
 
 class AudioClassifier(nn.Module):
-    """Spoken-digit classifier: LogMel features -> ConvFrontEnd -> Encoder with a class token -> logits.
+    """Spoken-digit classifier: LogMel features -> ConvFrontEnd -> transformer with a class token -> logits.
 
-    ``forward`` takes features (B, T, n_mels) and their padding mask; :meth:`featurize` turns
-    waveforms into features and :meth:`classify` features into digits (:func:`predict` does both for
-    one recording). The feature transform is part of the model, so a checkpoint carries it.
+    The transformer is the bidirectional :class:`~helpers.model.Encoder` (``architecture="encoder"``,
+    class token first, every frame sees every other) or the causal :class:`~helpers.model.GPT`
+    (``architecture="causal"``, class token right after each clip's last real frame, every position sees
+    only the past); see :meth:`causal_logits`. ``forward`` takes features (B, T, n_mels) and their padding
+    mask; :meth:`featurize` turns waveforms into features and :meth:`classify` features into digits
+    (:func:`predict` does both for one recording). The feature transform is part of the model, so a
+    checkpoint carries it.
     """
 
     def __init__(self, cfg: AudioConfig):
@@ -241,16 +274,47 @@ class AudioClassifier(nn.Module):
         dct = torchaudio.functional.create_dct(cfg.n_mfcc + 1, cfg.n_mels, norm="ortho")[:, 1:] if cfg.n_mfcc else None
         self.register_buffer("dct", dct)  # (n_mels, n_mfcc), or None: the model reads the log-mel bands
         self.front = ConvFrontEnd(cfg)
-        self.encoder = Encoder(transformer_config(
-            cfg, vocab_size=None, block_size=cfg.max_frames // 4 + 1, n_out=cfg.n_classes, cls_token=True,
-        ))
+        n_tokens = cfg.max_frames // 4 + 1  # the front end's frames, then the class token
+        if cfg.architecture == "encoder":
+            self.encoder = Encoder(transformer_config(
+                cfg, vocab_size=None, block_size=n_tokens, n_out=cfg.n_classes, cls_token=True,
+            ))
+        else:  # causal: a GPT without embedding or head (per-position states), our class token and head
+            self.decoder = GPT(transformer_config(cfg, vocab_size=None, block_size=n_tokens, n_out=None))
+            self.cls = nn.Parameter(torch.zeros(1, 1, cfg.n_embd))
+            self.head = nn.Linear(cfg.n_embd, cfg.n_classes)
+            nn.init.normal_(self.cls, 0.0, 0.02)  # as the Encoder's class token and head
+            init_weights(self.head, cfg.n_layer)
 
     def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
         """features (B, T, n_mels), padding_mask (B, T) bool (True = real; None = no padding) -> logits (B, n_classes)."""
         if padding_mask is None:
             padding_mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         frames, frame_mask = self.tokens(features, padding_mask)  # (B, T', n_embd)
+        if self.config.architecture == "causal":
+            return self.causal_logits(frames, frame_mask)
         return self.encoder.classify(frames, padding_mask=frame_mask)
+
+    def causal_logits(self, frames: torch.Tensor, frame_mask: torch.Tensor) -> torch.Tensor:
+        """The causal classifier: frames (B, T, C) and their right-padding mask (B, T) -> logits (B, n_classes).
+
+        Under a causal mask position t attends to positions <= t, so only the last position has seen the
+        whole clip: the class token goes there. With right padding a clip's last real frame is at
+        ``length - 1``, which differs from clip to clip, so the token is written at position ``length``
+        of each row (where the first padded frame, or one extra position, would be) and its state is read
+        from there. It sees exactly the clip's frames: the padding comes after it, which a causal model
+        never looks at (and the padding mask hides it from the positions after it too).
+        """
+        B, T, _ = frames.shape
+        lengths = frame_mask.sum(1)  # (B,) real frames per clip
+        positions = torch.arange(T + 1, device=frames.device)
+        if not torch.equal(frame_mask, positions[None, :T] < lengths[:, None]):
+            raise ValueError("the causal classifier needs right padding: each row of the padding mask must be "
+                             "True for the first frames and False after them (helpers.audio.pad_features)")
+        at_cls = positions[None, :] == lengths[:, None]  # (B, T + 1): the class token's position in each row
+        h = torch.where(at_cls[..., None], self.cls, F.pad(frames, (0, 0, 0, 1)))  # (B, T + 1, C)
+        states = self.decoder(h, padding_mask=F.pad(frame_mask, (0, 1)) | at_cls)  # (B, T + 1, C)
+        return self.head(states[torch.arange(B, device=frames.device), lengths])  # (B, n_classes)
 
     def tokens(self, features: torch.Tensor, padding_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """features (B, T, n_mels) and their mask (B, T) -> the encoder's input: MFCCs (when configured), then

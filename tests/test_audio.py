@@ -1,5 +1,6 @@
 import hashlib
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -104,9 +105,10 @@ def test_pad_features():
 # --------------------------------------------------------------------------- padding
 
 
+@pytest.mark.parametrize("architecture", audio.ARCHITECTURES)
 @pytest.mark.parametrize("lengths, n_mfcc", [([37, 80, 53, 1], 0), ([64, 65, 66, 67], 0), ([9, 30, 2], 8)])
-def test_padding_never_changes_a_prediction(lengths, n_mfcc):
-    model = tiny_model(n_mfcc=n_mfcc)
+def test_padding_never_changes_a_prediction(lengths, n_mfcc, architecture):
+    model = tiny_model(n_mfcc=n_mfcc, architecture=architecture)
     clips = [torch.randn(n, 16) for n in lengths]
     x, mask = audio.pad_features(clips)
     x = x + 100.0 * (~mask)[..., None]  # garbage in the padding: it must be ignored, conv included
@@ -114,6 +116,55 @@ def test_padding_never_changes_a_prediction(lengths, n_mfcc):
         batched = model(x, mask)
         alone = torch.cat([model(c[None]) for c in clips])
     torch.testing.assert_close(batched, alone)
+
+
+def test_causal_classifier_reads_a_class_token_after_the_last_frame():
+    # The reference is the seed tutorial's construction for one clip: append the class token at the end of
+    # the frames, run the causal GPT, read its last position. Padded in a batch, each clip's token sits after
+    # its own last real frame, and the logits are the reference's.
+    model = tiny_model(architecture="causal")
+    clips = [torch.randn(n, 16) for n in (37, 80, 5)]
+    x, mask = audio.pad_features(clips)
+    with torch.no_grad():
+        batched = model(x, mask)
+        for clip, logits in zip(clips, batched, strict=True):
+            frames, _ = model.tokens(clip[None], torch.ones(1, len(clip), dtype=torch.bool))  # (1, T', C)
+            states = model.decoder(torch.cat([frames, model.cls], dim=1))  # (1, T' + 1, C), causal
+            torch.testing.assert_close(logits, model.head(states[0, -1]))
+        # Causal: a frame's state depends only on the frames before it, so the last frame's state at
+        # position T'-1 changes when it changes, and the first frame's does not.
+        frames, _ = model.tokens(clips[0][None], torch.ones(1, 37, dtype=torch.bool))
+        before = model.decoder(frames)
+        later = frames.clone()
+        later[:, -1] += torch.randn(frames.size(-1))  # (not a constant: the LayerNorm would remove it)
+        after = model.decoder(later)
+        torch.testing.assert_close(after[:, :-1], before[:, :-1])
+        assert (after[:, -1] - before[:, -1]).abs().max() > 1e-3
+    # The token's position comes from the mask, so the mask must be right padding.
+    with pytest.raises(ValueError, match="right padding"):
+        model(x, mask.flip(1))
+
+
+def test_architectures_compare_at_a_similar_size_and_old_checkpoints_load(tmp_path, monkeypatch):
+    monkeypatch.setenv("TFS_DATA_DIR", str(tmp_path))
+    sizes = {a: sum(p.numel() for p in tiny_model(architecture=a).parameters()) for a in audio.ARCHITECTURES}
+    # the same blocks, front end, class token and head; the causal model has one position embedding less
+    assert sizes["encoder"] - sizes["causal"] == 16
+    with pytest.raises(ValueError, match="architecture"):
+        audio.AudioConfig(architecture="rnn")
+    # A checkpoint saved before the option existed (no "architecture" in its config) loads as the encoder.
+    model = tiny_model()
+    path = save_checkpoint(model, "07_old")
+    payload = torch.load(path, weights_only=True)
+    del payload["config"]["architecture"]
+    torch.save(payload, path)
+    loaded = load_checkpoint("07_old")
+    assert loaded.config.architecture == "encoder"
+    x, mask = audio.pad_features([torch.randn(n, 16) for n in (12, 7)])
+    torch.testing.assert_close(loaded.eval()(x, mask), model(x, mask))
+    causal = tiny_model(architecture="causal")
+    save_checkpoint(causal, "07_causal")
+    torch.testing.assert_close(load_checkpoint("07_causal").eval()(x, mask), causal(x, mask))
 
 
 @pytest.mark.parametrize("n_mfcc", [0, 8])
@@ -155,6 +206,23 @@ def test_fsdd_official_split_and_leave_one_speaker_out(mirror):
     assert {r.speaker for r in test} == {"theo"} and "theo" not in {r.speaker for r in train}
     with pytest.raises(ValueError, match="unknown speaker"):
         audio.split_fsdd(recordings, test_speaker="alice")
+
+
+def test_validation_split_holds_out_training_recordings_only(mirror):
+    train, test = audio.split_fsdd(audio.load_fsdd())
+    fit_on, val = audio.validation_split(train)
+    key = lambda r: (r.digit, r.speaker, r.index)
+    assert (len(fit_on), len(val)) == (2400, 300)
+    assert {r.index for r in val} == set(range(5, 10)) and min(r.index for r in fit_on) == 10
+    assert not {key(r) for r in val} & ({key(r) for r in fit_on} | {key(r) for r in test})
+    counts = Counter((r.digit, r.speaker) for r in val)  # five of every speaker and digit
+    assert len(counts) == 60 and set(counts.values()) == {5}
+    # With a held-out speaker the validation recordings are the other speakers' index 5-9.
+    train, _ = audio.split_fsdd(audio.load_fsdd(), test_speaker="lucas")
+    fit_on, val = audio.validation_split(train)
+    assert (len(fit_on), len(val)) == (2250, 250) and "lucas" not in {r.speaker for r in val}
+    with pytest.raises(ValueError, match="official test split"):
+        audio.validation_split(train, indices=range(0, 10))
 
 
 def test_fsdd_checksum_mismatch_is_refused(tmp_path, monkeypatch):
@@ -241,3 +309,9 @@ def test_loso_benchmark_trains_notebook_07s_recipe():
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
     assert bench.RECIPE is recipes.AUDIO_CLASSIFICATION["cpu"]
+    # Choosing the leave-one-speaker-out recipe never looks at the tested speaker: each one's validation
+    # speaker is another, and every speaker validates exactly once.
+    held_out = [bench.validation_speaker(s) for s in audio.FSDD_SPEAKERS]
+    assert all(v != s for v, s in zip(held_out, audio.FSDD_SPEAKERS, strict=True))
+    assert sorted(held_out) == sorted(audio.FSDD_SPEAKERS)
+    assert bench.parse_settings(["n_mfcc=13", "architecture=causal"]) == {"n_mfcc": 13, "architecture": "causal"}
