@@ -295,10 +295,10 @@ def test_dense_retrieval_understands_paraphrase(topic_index):
 
 def test_extractive_answer_quotes_the_fact_with_its_page(topic_index, monkeypatch):
     monkeypatch.delenv("OPENAI_API_KEY", raising=False)
-    ans = rag.answer(topic_index, "What is the secret launch code of the Zephyr project?")
+    ans = rag.answer(topic_index, "What is the secret launch code of the Zephyr project?", mode="extractive")
     assert ans.mode == "extractive" and ans.text.startswith("Extractive answer")
     assert "7431" in ans.text and ans.pages == [4]
-    off_topic = rag.answer(topic_index, "Who won the football world cup in 1998?")
+    off_topic = rag.answer(topic_index, "Who won the football world cup in 1998?", mode="extractive")
     assert rag.NOT_FOUND in off_topic.text and off_topic.pages == []
     monkeypatch.setenv("OPENAI_API_KEY", SECRET_KEY)  # client=False: extractive even with a key
     forced = rag.answer(topic_index, "What is the secret launch code of the Zephyr project?", client=False)
@@ -410,6 +410,17 @@ def client_for(url, timeout=5.0):
 QUESTION = "What is the secret launch code of the Zephyr project?"
 
 
+class Echo:
+    """A generator that always writes the same reply, and records the messages it was given."""
+
+    def __init__(self, reply: str):
+        self.reply, self.seen = reply, []
+
+    def stream(self, messages):
+        self.seen.append(messages)
+        yield self.reply
+
+
 def test_openai_streamed_answer(topic_index, server, capsys):
     ans = rag.answer(topic_index, QUESTION, client=client_for(server.url), model="test-model", stream=True)
     assert ans.mode == "openai" and ans.note == ""
@@ -466,7 +477,11 @@ def test_client_from_the_environment(topic_index, server, monkeypatch):
 
     monkeypatch.setenv("OPENAI_BASE_URL", "https://api.openai.com/v1")  # the internet is not, offline
     assert rag.openai_client_from_env() is None
-    ans = rag.answer(topic_index, QUESTION)
+    local = Echo("The launch code is 7431.")  # stands in for the local model, which answers when no API can
+    ans = rag.answer(topic_index, QUESTION, generator=local)
+    assert ans.mode == "local" and "TFS_OFFLINE" in ans.note and len(server.requests) == 1
+    assert ans.text == "The launch code is 7431. [p. 4]" and len(local.seen) == 1
+    ans = rag.answer(topic_index, QUESTION, mode="openai")  # asked for the API: no client, so extractive
     assert ans.mode == "extractive" and "TFS_OFFLINE" in ans.note and len(server.requests) == 1
 
     monkeypatch.delenv("OPENAI_API_KEY")
@@ -519,5 +534,5 @@ def test_prompt_injection_stays_inside_the_delimiters(tmp_path, server, monkeypa
     # End to end: the request is built the same way, and the answer path does not change.
     ans = rag.answer(index, "What is the launch code of the Zephyr project?", client=client_for(server.url))
     assert ans.mode == "openai" and server.requests[0]["messages"][0]["content"] == rag.SYSTEM_PROMPT
-    offline = rag.answer(index, "What is the launch code of the Zephyr project?", client=None)
+    offline = rag.answer(index, "What is the launch code of the Zephyr project?", mode="extractive")
     assert offline.mode == "extractive" and offline.text.startswith("Extractive answer") and "7431" in offline.text

@@ -5,14 +5,19 @@ The pipeline, one module a stage::
     PDF --read_pdf--> pages --clean_pages--> text --chunk_pages--> chunks (each with its page)      pdf
     chunks --DocumentIndex--> dense vectors (all-MiniLM-L6-v2) + a BM25 index                       retrieval
     question --search--> top-k chunks (dense, BM25, or both fused by reciprocal rank)               retrieval
-    top-k chunks + question --answer--> a chat completion with page citations, streamed             answers
-                                        (or, without an API key, the best-matching sentences)
-    questions with their answer pages --hit_rates--> how often retrieval finds them                 evaluation
+    top-k chunks + question --answer--> an answer written by a generator, streamed:                 answers
+        SmolLM2-135M-Instruct on this machine (local), or a chat API (openai_api);                 local
+        or, with no model, the best-matching sentences (extractive)
+    answer + passages --ground--> the pages that support it, or "not grounded" (extractive instead) grounding
+    follow-up + history --Chat--> a question that stands alone                                      chat
+    questions with facts and pages --answer_scores--> how often answers state the fact              evaluation
 
 Every public name is re-exported here: ``from helpers import rag`` and ``rag.answer(index, question)``.
 """
 
 from .answers import (
+    EXAMPLE,
+    MODES,
     NOT_FOUND,
     SYSTEM_PROMPT,
     Answer,
@@ -20,15 +25,26 @@ from .answers import (
     build_messages,
     cited_pages,
     extractive_answer,
+    generated_answer,
+    select_sentences,
 )
+from .chat import Chat, Turn, rewrite
 from .evaluation import (
     PAPER_QUESTIONS,
+    answer_scores,
+    evaluate_answers,
     hit_rates,
+    judge,
     retrieved_pages,
+    timed_answer,
 )
-from .openai_api import openai_client_from_env
+from .grounding import Grounding, ground, key_terms, numbers, strip_citations
+from .local import LocalModel, LocalModelError, local_model, sentence_end
+from .openai_api import OpenAIChat, openai_client_from_env, use_colab_secret
 from .pdf import (
+    BERT_PAPER,
     PAPER,
+    PAPERS,
     Chunk,
     EncryptedPDFError,
     NotAPDFError,
@@ -41,6 +57,7 @@ from .pdf import (
     read_pdf,
     split_sentences,
 )
+from .questions import QUESTIONS, Question, normalise, states_fact
 from .retrieval import (
     BM25,
     METHODS,
@@ -53,9 +70,13 @@ from .retrieval import (
 )
 
 __all__ = [
-    "Answer", "answer", "BM25", "bm25_tokens", "build_messages", "Chunk", "chunk_pages", "cited_pages",
-    "clean_pages", "DocumentIndex", "EncryptedPDFError", "extractive_answer", "Hit", "hit_rates", "local_embedder",
-    "METHODS", "NOT_FOUND", "NotAPDFError", "NoTextError", "openai_client_from_env", "OpenAIEmbedder", "PAPER",
-    "paper_path", "PAPER_QUESTIONS", "PDFError", "PDFNotFoundError", "read_pdf", "reciprocal_rank_fusion",
-    "retrieved_pages", "split_sentences", "SYSTEM_PROMPT",
+    "Answer", "answer", "answer_scores", "evaluate_answers", "timed_answer", "BERT_PAPER", "BM25", "bm25_tokens", "build_messages", "Chat", "Chunk",
+    "chunk_pages", "cited_pages", "clean_pages", "DocumentIndex", "EncryptedPDFError", "EXAMPLE",
+    "extractive_answer", "generated_answer", "ground", "Grounding", "Hit", "hit_rates", "judge", "key_terms",
+    "local_embedder", "local_model", "LocalModel", "LocalModelError", "METHODS", "MODES", "normalise",
+    "NOT_FOUND", "NotAPDFError", "NoTextError", "numbers", "OpenAIChat", "openai_client_from_env",
+    "OpenAIEmbedder", "PAPER", "paper_path", "PAPER_QUESTIONS", "PAPERS", "PDFError", "PDFNotFoundError",
+    "Question", "QUESTIONS", "read_pdf", "reciprocal_rank_fusion", "retrieved_pages", "rewrite",
+    "select_sentences", "sentence_end", "split_sentences", "states_fact", "strip_citations", "SYSTEM_PROMPT",
+    "Turn", "use_colab_secret",
 ]

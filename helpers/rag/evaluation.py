@@ -1,49 +1,23 @@
-"""Measuring retrieval: questions on "Attention Is All You Need" with the pages that answer them,
-and the hit rate at k of every retrieval method.
+"""Measuring retrieval and answers: the hit rate at k of every retrieval method on questions with the pages
+that answer them, and how often an answer states the asked fact, cites a right page and stays short.
 """
 
 from __future__ import annotations
 
+import statistics
+import time
+
 import torch
 
+from .answers import answer
+from .questions import ATTENTION, Question, states_fact
 from .retrieval import METHODS, DocumentIndex, _check_question, reciprocal_rank_fusion
 
-# --------------------------------------------------------------------------- evaluation
+# --------------------------------------------------------------------------- retrieval
 
-# Questions on "Attention Is All You Need" (the arXiv v5 PDF), each with the page(s) that state
-# the answer, written by reading the extracted text page by page.
-PAPER_QUESTIONS: list[tuple[str, tuple[int, ...]]] = [
-    ("Who proposed scaled dot-product attention and multi-head attention?", (1,)),
-    ("What is self-attention, also called intra-attention?", (2,)),
-    ("How many identical layers are in the encoder stack?", (3,)),
-    ("How does the decoder stop positions from attending to subsequent positions?", (3, 5)),
-    ("Why are the dot products scaled by one over the square root of d_k?", (4,)),
-    ("What are the two most commonly used attention functions?", (4,)),
-    ("How many parallel attention heads does the model use?", (5,)),
-    ("What is the dimensionality of the inner layer of the feed-forward network?", (5,)),
-    ("What are the three ways the Transformer uses multi-head attention?", (5,)),
-    ("Which weight matrix is shared between the embedding layers and the pre-softmax linear transformation?", (5,)),
-    ("Which functions are used for the positional encodings?", (6,)),
-    ("Why was the sinusoidal positional encoding chosen over learned positional embeddings?", (6,)),
-    ("What is the maximum path length for self-attention compared to recurrent layers?", (6,)),
-    ("What data set was used for English-German training and how many sentence pairs does it have?", (7,)),
-    ("On what hardware were the models trained?", (7,)),
-    ("How long did training the big models take?", (7, 8)),
-    ("Which optimizer was used, with which beta values?", (7,)),
-    ("How many warmup steps does the learning rate schedule use?", (7,)),
-    ("What dropout rate was used for the base model?", (7,)),
-    ("What value of label smoothing was used during training?", (8,)),
-    ("What BLEU score does the big model reach on English-to-German?", (1, 8)),
-    ("What beam size and length penalty were used?", (8,)),
-    ("How many checkpoints were averaged for the base and the big models?", (8,)),
-    ("How much worse is single-head attention than the best setting?", (8,)),
-    ("How were the floating point operations used for training estimated?", (8,)),
-    ("What happens when the attention key size d_k is reduced?", (9,)),
-    ("What F1 score does the Transformer get on WSJ constituency parsing?", (9,)),
-    ("How many training sentences are in the WSJ portion of the Penn Treebank?", (10,)),
-    ("Where is the code used to train and evaluate the models available?", (10,)),
-    ("Which input and output modalities do the authors plan to extend the Transformer to?", (10,)),
-]
+# The questions on "Attention Is All You Need" (the arXiv v5 PDF), each with the page(s) that state the
+# answer (helpers/rag/questions.py holds them with their facts, and the questions on BERT).
+PAPER_QUESTIONS: list[tuple[str, tuple[int, ...]]] = [(q.question, q.pages) for q in ATTENTION]
 
 
 def retrieved_pages(index: DocumentIndex, questions: list[str], k: int = 3) -> dict[str, torch.Tensor]:
@@ -73,3 +47,68 @@ def hit_rates(index: DocumentIndex, questions: list[tuple[str, tuple[int, ...]]]
                                                                                   strict=True)])  # (Q, K)
         out[method] = {k: found[:, :k].any(1).float().mean().item() for k in ks}
     return out
+
+
+# --------------------------------------------------------------------------- answers
+
+MAX_WORDS = 80
+
+
+def judge(answer, question: Question, max_words: int = MAX_WORDS) -> dict:
+    """One answer against its question: ``fact`` (every key term of the fact is in the answer's text, after
+    normalisation: :func:`helpers.rag.questions.states_fact`), ``page`` (a page the answer cites holds the
+    fact), ``words`` (whitespace-separated words of the answer's text, its label included) and ``ok``: all
+    three, with fewer than ``max_words`` words."""
+    words = len(answer.text.split())
+    fact = states_fact(answer.text, question.fact)
+    page = bool(set(answer.pages) & set(question.pages))
+    return dict(fact=fact, page=page, words=words, ok=fact and page and words < max_words)
+
+
+def answer_scores(judged: list[dict]) -> dict:
+    """The summary of :func:`judge` verdicts: the share ``ok`` (states the fact, cites a right page, under
+    80 words), the shares of each criterion, the median length in words, and the number of answers."""
+    n = len(judged)
+    return dict(ok=sum(j["ok"] for j in judged) / n, fact=sum(j["fact"] for j in judged) / n,
+                page=sum(j["page"] for j in judged) / n, median_words=statistics.median(j["words"] for j in judged),
+                n=n)
+
+
+class _Timed:
+    """A generator wrapped to note when its first piece of text arrives."""
+
+    def __init__(self, generator):
+        self.generator, self.first = generator, None
+
+    def stream(self, messages):
+        for piece in self.generator.stream(messages):
+            if self.first is None:
+                self.first = time.perf_counter()
+            yield piece
+
+
+def timed_answer(index: DocumentIndex, question: str, generator=None, **answer_kwargs):
+    """``(answer, seconds to the first streamed piece, seconds to the whole answer)``, both counted from the
+    call (retrieval, sentence selection and the prompt's prefill included). The first is None for an answer
+    that no generator wrote (extractive). ``generator``: the local model when None and the mode is local."""
+    mode = answer_kwargs.get("mode")
+    if generator is None and mode == "local":
+        from .local import local_model
+
+        generator = local_model()
+    timed = _Timed(generator) if generator is not None else None
+    start = time.perf_counter()
+    result = answer(index, question, generator=timed, **answer_kwargs)
+    total = time.perf_counter() - start
+    first = timed.first - start if timed is not None and timed.first is not None else None
+    return result, first, total
+
+
+def evaluate_answers(indexes: dict, questions: list[Question], **answer_kwargs) -> list[dict]:
+    """Answer every question (on ``indexes[question.paper]``) and :func:`judge` it; each row also holds the
+    answer, the question, and the seconds to the first piece and to the whole answer."""
+    rows = []
+    for q in questions:
+        result, first, total = timed_answer(indexes[q.paper], q.question, **answer_kwargs)
+        rows.append(dict(judge(result, q), first_s=first, total_s=total, answer=result, question=q))
+    return rows

@@ -33,9 +33,32 @@ PAPER = register(
 )
 
 
-def paper_path() -> Path:
-    """Local path of "Attention Is All You Need" (cache, then mirror, then arXiv)."""
-    return fetch_file(PAPER.files[0], PAPER.name)
+# The second paper, whose stamp reads "arXiv:1810.04805v2 [cs.CL] 24 May 2019": version 2.
+BERT_PAPER = register(
+    DatasetInfo(
+        name="bert-paper",
+        description="Devlin et al. (2019), BERT: Pre-training of Deep Bidirectional Transformers for Language "
+                    "Understanding, arXiv 1810.04805v2: a 16-page PDF.",
+        homepage="https://arxiv.org/abs/1810.04805",
+        files=(
+            RemoteFile(
+                "pdf/bert.pdf",
+                "https://arxiv.org/pdf/1810.04805v2",
+                "5513fcf7d0dfb3392ca6b3d9c6fd0906a9e6faac8c9844c457a3421bd8f9dfdb",
+            ),
+        ),
+    )
+)
+PAPERS = {"attention": PAPER, "bert": BERT_PAPER}
+
+
+def paper_path(name: str = "attention") -> Path:
+    """Local path of a mirrored paper (cache, then mirror, then arXiv): "attention" for Attention Is All
+    You Need, "bert" for BERT."""
+    if name not in PAPERS:
+        raise ValueError(f"no paper named {name!r}; use one of {', '.join(PAPERS)}")
+    info = PAPERS[name]
+    return fetch_file(info.files[0], info.name)
 
 
 # --------------------------------------------------------------------------- errors
