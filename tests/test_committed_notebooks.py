@@ -33,7 +33,6 @@ def test_committed_outputs(path):
                     f"`python tools/run_notebook.py {path.name}`:\n  " + "\n  ".join(problems), pytrace=False)
 
 
-
 def _notebook(*cells):
     """A notebook of code cells given as (source, execution_count, outputs)."""
     return nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(s, execution_count=n, outputs=o)
@@ -55,3 +54,15 @@ def test_the_checks_catch_what_they_should():
     assert cells(notebook_checks.check_paths(nb)) == ["cell 3"]  # not the URL of cell 2
     assert cells(notebook_checks.check_figures(nb)) == ["cell 4"]  # cell 5 only defines a function
     assert notebook_checks.check_size(3_000_000) and not notebook_checks.check_size(1_000_000)
+
+
+def test_streamed_text_is_joined_as_a_live_notebook_shows_it():
+    import run_notebook
+
+    out = lambda name, text: nbformat.v4.new_output("stream", name=name, text=text)
+    figure = nbformat.v4.new_output("display_data", data={"text/plain": "<Figure>"})
+    joined = run_notebook.coalesce_streams([out("stdout", "The"), out("stdout", " answer"), out("stderr", "warn"),
+                                            out("stdout", "."), figure, out("stdout", "after")])
+    assert [(o.output_type, o.get("name"), o.get("text")) for o in joined] == [
+        ("stream", "stdout", "The answer"), ("stream", "stderr", "warn"), ("stream", "stdout", "."),
+        ("display_data", None, None), ("stream", "stdout", "after")]

@@ -9,6 +9,8 @@ is saved as an image), then cleans what a static reader would see wrongly:
 - tqdm's progress bars are Jupyter widgets whose saved text is the bar's first state ("0%| | 0/3000"): those
   outputs are removed (the training loop prints a one-line summary when it ends), and so is the widget state
   in the notebook's metadata;
+- consecutive outputs of one stream are joined into one, as a live notebook shows them (an answer streamed token
+  by token would otherwise be one output, one line on GitHub, per token);
 - outputs that show an absolute path of this machine (the repository, the home folder, /tmp, ...) are refused:
   the notebook is then not overwritten (the run is kept in the temporary folder for a look) and the exit
   status is 1.
@@ -55,6 +57,20 @@ def execute(nb: nbformat.NotebookNode, profile: str, timeout: int) -> None:
     client.execute()
 
 
+def coalesce_streams(outputs: list) -> list:
+    """Join consecutive stream outputs of the same stream (stdout, stderr) into one, as a live notebook shows
+    them: text streamed token by token is then one answer, not one output (one line on GitHub) per token."""
+    joined = []
+    for output in outputs:
+        previous = joined[-1] if joined else None
+        if (output.get("output_type") == "stream" and previous is not None
+                and previous.get("output_type") == "stream" and previous.get("name") == output.get("name")):
+            previous["text"] = checks.join(previous["text"]) + checks.join(output["text"])
+        else:
+            joined.append(output)
+    return joined
+
+
 def clean(nb: nbformat.NotebookNode) -> int:
     """Remove widget outputs and widget state, and what blank cells kept from earlier runs; returns how many
     widget outputs were removed."""
@@ -67,7 +83,7 @@ def clean(nb: nbformat.NotebookNode) -> int:
             cell.outputs, cell.execution_count = [], None
         kept = [o for o in cell.outputs if checks.WIDGET_VIEW not in o.get("data", {})]
         removed += len(cell.outputs) - len(kept)
-        cell.outputs = kept
+        cell.outputs = coalesce_streams(kept)
         cell.metadata.pop("execution", None)
     return removed
 
