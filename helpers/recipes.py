@@ -24,8 +24,13 @@ def _profiles(common: dict, **per_profile: dict) -> dict[str, dict]:
 EINSUM = _profiles({}, ci=dict(sizes=[16, 128]), cpu=dict(sizes=[16, 64, 256, 512]),
                    gpu=dict(sizes=[16, 64, 256, 1024]))
 
-# 02 · attention: random vectors per point of the scaling experiment
-ATTENTION = _profiles({}, ci=dict(samples=2_000), cpu=dict(samples=20_000), gpu=dict(samples=20_000))
+# 02 · attention: random vectors per point of the scaling experiment; the reversal task of section 9 (strings of
+# min_len..max_len digits; the encoder-decoder has n_layer blocks on each side, the decoder-only GPT 2 * n_layer;
+# both train `steps` of `batch_size`; n_eval validation and n_eval test strings; s2s_floor: its accuracy floor)
+ATTENTION = _profiles(
+    dict(min_len=3, max_len=8, n_layer=2, n_embd=64, batch_size=64, lr=3e-3, steps=400, n_eval=1000, s2s_floor=0.9),
+    ci=dict(samples=2_000), cpu=dict(samples=20_000), gpu=dict(samples=20_000),
+)
 
 # 03 · language modelling: the character-level GPT on Tiny Shakespeare (also `train_cli shakespeare`
 # and benchmarks/lm_shakespeare.py), and the vocabulary of the byte-pair encoding
@@ -42,24 +47,26 @@ LANGUAGE_MODEL = _profiles(
 NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, dropout=0.0)
 
 # 04 · arithmetic: the same GPT for every writing of addition (also `train_cli arithmetic`), multiplication,
-# and the accuracy floors the notebook asserts
+# and the accuracy floors the notebook asserts; n_val problems (never trained on) are watched during training
 ARITHMETIC = _profiles(
-    dict(n_layer=2, n_head=4, n_embd=128, lr=1e-3, mul_lr=2e-3, n_test=2000, curve_points=12),
-    ci=dict(max_digits=3, batch_size=128, steps=500, mul_steps=150, curve_points=6, add_floor=0.99, mul_floor=0.05),
+    dict(n_layer=2, n_head=4, n_embd=128, lr=1e-3, mul_lr=2e-3, n_test=2000, n_val=500, curve_points=12),
+    ci=dict(max_digits=5, batch_size=128, steps=500, mul_steps=150, curve_points=6, add_floor=0.99, mul_floor=0.05),
     cpu=dict(max_digits=5, batch_size=256, steps=1000, mul_steps=1000, add_floor=0.999, mul_floor=0.97),
     gpu=dict(max_digits=7, n_layer=3, n_embd=256, batch_size=512, steps=4000, mul_steps=3000, mul_lr=1e-3,
              add_floor=0.999, mul_floor=0.97),
 )
 
-# 05 · image generation: `model` is the shape of every generator
+# 05 · image generation: `model` is the shape of every generator, and every generator (regression unconditional,
+# prefix and cross; discrete prefix and cross) trains the same `steps` of `batch_size`; eval_images test images
+# (mixture_images for the marginal likelihood) are read once, at the end; the floors are what the notebook asserts
 IMAGE_GENERATION = _profiles(
     {},
-    ci=dict(model=dict(n_layer=2, n_head=4, n_embd=64), batch_size=64, lr=3e-3, judge_steps=150, uncond_steps=150,
-            steps=500, per_digit=10, eval_images=2000, agreement_floor=0.2),
-    cpu=dict(model=dict(n_layer=4, n_head=4, n_embd=128), batch_size=64, lr=1.5e-3, judge_steps=600,
-             uncond_steps=600, steps=1500, per_digit=50, eval_images=10_000, agreement_floor=0.9),
-    gpu=dict(model=dict(n_layer=8, n_head=8, n_embd=256), batch_size=128, lr=6e-4, judge_steps=2000,
-             uncond_steps=4000, steps=8000, per_digit=100, eval_images=10_000, agreement_floor=0.9),
+    ci=dict(model=dict(n_layer=2, n_head=4, n_embd=64), batch_size=64, lr=3e-3, judge_steps=150, steps=300,
+            per_digit=10, eval_images=2000, mixture_images=200, agreement_floor=0.2, sample_floor=0.15),
+    cpu=dict(model=dict(n_layer=4, n_head=4, n_embd=128), batch_size=64, lr=1.5e-3, judge_steps=600, steps=600,
+             per_digit=50, eval_images=5000, mixture_images=500, agreement_floor=0.7, sample_floor=0.3),
+    gpu=dict(model=dict(n_layer=8, n_head=8, n_embd=256), batch_size=128, lr=6e-4, judge_steps=2000, steps=8000,
+             per_digit=100, eval_images=10_000, mixture_images=10_000, agreement_floor=0.9, sample_floor=0.5),
 )
 
 # 06 · image classification: every model trains the same epochs with the same batch (also `train_cli cifar10`);
@@ -95,17 +102,41 @@ MUSIC_GENERATION = _profiles(
     gpu=dict(block_size=512, n_layer=6, n_embd=256, steps=4000, batch_size=64, use_maestro=True),
 )
 
+# 09 · a modern LLM (SmolLM2-135M-Instruct): `reference` is transformers' model the logits are checked against
+# ("gguf": its own GGUF loader, 15-20 s; "helpers": LlamaForCausalLM given our dequantized weights, 1 s);
+# validation loss over the first `val_chars` characters of Tiny Shakespeare's validation split, in windows of
+# `eval_block` tokens; LoRA (r, alpha) on the top `lora_layers` blocks, `steps` of `batch_size` x `block_size`
+# tokens, stopped early after `time_limit` seconds on a slow machine. lr chosen among 1e-3, 3e-3, 1e-2 (16 cpu-recipe
+# steps) on the validation split's last 11,540 characters, which the reported loss never reads: 1.183, 1.168, 1.175
+MODERN_LLM = _profiles(
+    dict(eval_block=256, r=8, alpha=16, lr=3e-3),
+    ci=dict(reference="helpers", greedy_tokens=8, sample_tokens=12, chat_tokens=24, val_chars=2_000, lora_layers=2,
+            block_size=32, batch_size=2, steps=2, time_limit=60),
+    cpu=dict(reference="gguf", greedy_tokens=64, sample_tokens=40, chat_tokens=120, val_chars=20_000,
+             lora_layers=4, block_size=128, batch_size=8, steps=140, time_limit=420),
+    gpu=dict(reference="gguf", greedy_tokens=64, sample_tokens=60, chat_tokens=200, val_chars=100_000,
+             lora_layers=30, block_size=256, batch_size=16, steps=600, lr=1e-3, time_limit=900),  # (not yet run)
+)
+
 # 10 · chat with a PDF: chunking, retrieval, and what the notebook compares and times
 CHAT_WITH_PDF = _profiles(
-    dict(max_words=80, overlap_words=20, k=3),
-    ci=dict(sweep=[], latency_questions=5),  # other (max_words, overlap_words) settings to compare: none in ci
-    cpu=dict(sweep=[(60, 15), (100, 25), (80, 0)], latency_questions=30),
-    gpu=dict(sweep=[(60, 15), (100, 25), (80, 0)], latency_questions=30),
+    # chunks of `max_words`, `k` retrieved; the local model reads their `n_sentences` closest sentences
+    dict(max_words=80, overlap_words=20, k=3, n_sentences=3),
+    # sweep: other (max_words, overlap_words) settings to compare: none in ci. local_steps: the steps of
+    # section 11, on the first `dev_questions` development questions (None: all 23); `test_questions` held out
+    ci=dict(sweep=[], latency_questions=3, local_steps=["context"], dev_questions=3, test_questions=4,
+            floors=dict(local=0.25)),
+    cpu=dict(sweep=[(60, 15), (100, 25), (80, 0)], latency_questions=10,
+             local_steps=["alone", "prompt", "decoding", "context", "example"], dev_questions=None,
+             test_questions=None, floors=dict(local=0.4)),
+    gpu=dict(sweep=[(60, 15), (100, 25), (80, 0)], latency_questions=10,
+             local_steps=["alone", "prompt", "decoding", "context", "example"], dev_questions=None,
+             test_questions=None, floors=dict(local=0.4)),
 )
 
 ALL = {
     "01_einsum": EINSUM, "02_attention_and_transformer": ATTENTION, "03_language_modelling": LANGUAGE_MODEL,
     "04_arithmetic": ARITHMETIC, "05_image_generation": IMAGE_GENERATION,
     "06_image_classification": IMAGE_CLASSIFICATION, "07_audio_classification": AUDIO_CLASSIFICATION,
-    "08_music_generation": MUSIC_GENERATION, "10_chat_with_pdf": CHAT_WITH_PDF,
+    "08_music_generation": MUSIC_GENERATION, "09_modern_llm": MODERN_LLM, "10_chat_with_pdf": CHAT_WITH_PDF,
 }
