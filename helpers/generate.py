@@ -118,10 +118,7 @@ def _stream(model, prompt, max_new_tokens, stop, sampling) -> Iterator[int]:
     cache = model.new_cache(1, max_len=prompt.size(1) + max(n_new - 1, 0))
 
     def next_logits(x):  # eval mode and no gradients for this call only: a generator must not leave them
-        if not model.training:  # switched while it waits between tokens (the caller's code runs then)
-            with torch.no_grad():
-                return _last_logits(model, x, cache=cache)
-        with evaluating(model):
+        with evaluating(model):  # switched while it waits between tokens (the caller's code runs then)
             return _last_logits(model, x, cache=cache)
 
     logits = next_logits(prompt)  # the whole prompt in one pass ("prefill")

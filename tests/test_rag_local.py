@@ -254,7 +254,7 @@ def test_colab_secret_fills_the_environment_and_is_never_printed(monkeypatch, ca
 
     from helpers.rag import openai_api
 
-    secret = "sk-colab-secret-DO-NOT-PRINT"
+    secret = "colab-secret-value-DO-NOT-PRINT"
     userdata = types.SimpleNamespace(get=lambda name: secret if name == "OPENAI_API_KEY" else None)
     colab = types.ModuleType("google.colab")
     colab.userdata = userdata

@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 
 from ..config import is_offline
-from .grounding import Grounding, ground, strip_citations
+from .grounding import PAGES, Grounding, ground, strip_citations
 from .openai_api import OpenAIChat, _describe, openai_client_from_env
 from .pdf import split_sentences
 from .retrieval import DocumentIndex, Hit, _check_question
@@ -119,7 +119,7 @@ def extractive_answer(index: DocumentIndex, question: str, hits: list[Hit], n_se
 def cited_pages(text: str) -> list[int]:
     """Pages cited as [p. 5], [pp. 5, 7], (page 5) or p. 5-6 in an answer."""
     pages = set()
-    for group in re.findall(r"\b(?:pp?\.|pages?)\s*(\d+(?:\s*(?:[-,–]|and)\s*\d+)*)", text, flags=re.I):
+    for group in re.findall(r"\b" + PAGES, text, flags=re.I):
         for a, b in re.findall(r"(\d+)(?:\s*[-–]\s*(\d+))?", group):
             pages.update(range(int(a), int(b or a) + 1))
     return sorted(pages)

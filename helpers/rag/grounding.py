@@ -24,7 +24,9 @@ GENERIC = frozenset(
     "uses using value very well them".split()
 )
 
-_CITATION = re.compile(r"\s*[\[(]\s*(?:pp?\.|pages?)\s*\d+(?:\s*(?:[-,–]|and)\s*\d+)*\s*[\])]", re.I)
+# "p. 5", "pp. 5, 7", "pages 3 and 4", "p. 5-6": the pages are group 1 (also read by answers.cited_pages)
+PAGES = r"(?:pp?\.|pages?)\s*(\d+(?:\s*(?:[-,–]|and)\s*\d+)*)"
+_CITATION = re.compile(r"\s*[\[(]\s*" + PAGES + r"\s*[\])]", re.I)
 
 
 def strip_citations(text: str) -> str:
