@@ -1,4 +1,4 @@
-"""SmolLM2-135M-Instruct generation: our GPT (helpers.generate.stream, key-value cache) against transformers'
+"""SmolLM2-135M-Instruct generation: our GPT (helpers.generate.stream: key-value cache, DecodeStep) against transformers'
 ``generate`` on the same weights, side by side in one run.
 
     python benchmarks/llm_generation.py [--prompt-tokens 512] [--new-tokens 128] [--repeats 3]

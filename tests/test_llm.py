@@ -8,7 +8,9 @@ import torch
 from torch.testing import assert_close
 
 from helpers import GPT, TransformerConfig, generate
-from helpers.generate import stream
+from helpers.generate import DecodeStep, stream
+from helpers.lora import LoRAAdapters
+from helpers.model import collect_attention, evaluating
 from helpers.gguf import SMOLLM2_INSTALL
 from helpers.pretrained import SMOLLM2_SYSTEM, ChatTokenizer, chatml
 
@@ -101,6 +103,72 @@ def test_a_prompt_longer_than_the_context_is_a_clear_error():
     with pytest.raises(ValueError, match="empty"):
         stream(model, [], 4)
     assert len(list(stream(model, list(range(8)), 4))) == 1  # exactly the context: one more token
+
+
+def _forward_and_step(model, prompt, tokens):
+    """The logits of each token in ``tokens`` after ``prompt``: by the model's forward with a cache, and by
+    DecodeStep with another cache; both caches."""
+    step = DecodeStep.for_model(model)
+    assert step is not None
+    caches = model.new_cache(1, 16), model.new_cache(1, 16)
+    by_forward, by_step = [], []
+    with evaluating(model):
+        for cache in caches:
+            model(torch.tensor([prompt]), cache=cache, last_only=True)  # the same prefill for both
+        for t in tokens:
+            by_forward.append(model(torch.tensor([[t]]), cache=caches[0], last_only=True)[:, -1])
+            by_step.append(step(torch.tensor([[t]]), caches[1]))
+    return by_forward, by_step, caches
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("arch", ["llama", "llama, full attention", "gpt-2"])
+def test_the_decode_step_is_the_forward_to_the_last_bit(arch, dtype):
+    if arch == "gpt-2":  # LayerNorm, learned positions, GELU, biases
+        torch.manual_seed(0)
+        model = GPT(TransformerConfig(vocab_size=40, block_size=24, n_layer=2, n_head=4, n_embd=32)).eval()
+    else:
+        model = tiny_gpt(n_kv_head=2 if arch == "llama" else 4)
+    model = model.to(dtype)
+    by_forward, by_step, (c1, c2) = _forward_and_step(model, [3, 1, 4, 1, 5], [9, 2, 6, 5])
+    for a, b in zip(by_forward, by_step):
+        assert a.shape == b.shape == (1, 40) and torch.equal(a, b)
+    assert c1.length == c2.length == 9
+    assert all(torch.equal(a, b) for a, b in zip(c1.k + c1.v, c2.k + c2.v))
+
+
+def test_the_decode_step_follows_new_weights_and_lora_and_steps_aside_for_attention_maps():
+    model = tiny_gpt()
+    first = DecodeStep.for_model(model)
+    assert DecodeStep.for_model(model) is first  # gathered once per model
+    with torch.no_grad():
+        model.blocks[1].mlp.fc.weight.mul_(1.5)  # fine-tuned in place: the step must not keep the old weights
+    assert DecodeStep.for_model(model) is not first
+    a, b, _ = _forward_and_step(model, [3, 1, 4], [1, 5])
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+    adapters = LoRAAdapters.for_model(model, layers=[1], r=2, alpha=4)
+    adapters.attach(model)
+    with torch.no_grad():
+        for p in adapters.parameters():
+            p.normal_()  # B != 0: the adapted model differs from the base model
+    a, b, _ = _forward_and_step(model, [3, 1, 4], [1, 5])
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert list(stream(model, [3, 1, 4], 8)) == generate(model, torch.tensor([[3, 1, 4]]), 8, temperature=0)[0, 3:].tolist()
+
+    with collect_attention(model):
+        assert DecodeStep.for_model(model) is None  # the maps come from the model's own attention layers
+    cross = GPT(TransformerConfig(vocab_size=40, block_size=24, n_layer=1, n_head=2, n_embd=16, cross_attention=True))
+    assert DecodeStep.for_model(cross) is None
+
+
+def test_the_decode_step_refuses_a_full_cache():
+    model = tiny_gpt()
+    cache = model.new_cache(1, 3)
+    with evaluating(model):
+        model(torch.tensor([[1, 2, 3]]), cache=cache)
+        with pytest.raises(ValueError, match="holds 3 positions"):
+            DecodeStep.for_model(model)(torch.tensor([[4]]), cache)
 
 
 def test_decode_stream_holds_back_split_characters():
