@@ -9,9 +9,9 @@ from torch.testing import assert_close
 
 from helpers import GPT, TransformerConfig, generate
 from helpers.generate import DecodeStep, stream
+from helpers.gguf import SMOLLM2_INSTALL
 from helpers.lora import LoRAAdapters
 from helpers.model import collect_attention, evaluating
-from helpers.gguf import SMOLLM2_INSTALL
 from helpers.pretrained import SMOLLM2_SYSTEM, ChatTokenizer, chatml
 
 needs_smollm2 = pytest.mark.skipif(
@@ -131,10 +131,10 @@ def test_the_decode_step_is_the_forward_to_the_last_bit(arch, dtype):
         model = tiny_gpt(n_kv_head=2 if arch == "llama" else 4)
     model = model.to(dtype)
     by_forward, by_step, (c1, c2) = _forward_and_step(model, [3, 1, 4, 1, 5], [9, 2, 6, 5])
-    for a, b in zip(by_forward, by_step):
+    for a, b in zip(by_forward, by_step, strict=True):
         assert a.shape == b.shape == (1, 40) and torch.equal(a, b)
     assert c1.length == c2.length == 9
-    assert all(torch.equal(a, b) for a, b in zip(c1.k + c1.v, c2.k + c2.v))
+    assert all(torch.equal(a, b) for a, b in zip(c1.k + c1.v, c2.k + c2.v, strict=True))
 
 
 def test_the_decode_step_follows_new_weights_and_lora_and_steps_aside_for_attention_maps():
@@ -145,7 +145,7 @@ def test_the_decode_step_follows_new_weights_and_lora_and_steps_aside_for_attent
         model.blocks[1].mlp.fc.weight.mul_(1.5)  # fine-tuned in place: the step must not keep the old weights
     assert DecodeStep.for_model(model) is not first
     a, b, _ = _forward_and_step(model, [3, 1, 4], [1, 5])
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
     adapters = LoRAAdapters.for_model(model, layers=[1], r=2, alpha=4)
     adapters.attach(model)
@@ -153,7 +153,7 @@ def test_the_decode_step_follows_new_weights_and_lora_and_steps_aside_for_attent
         for p in adapters.parameters():
             p.normal_()  # B != 0: the adapted model differs from the base model
     a, b, _ = _forward_and_step(model, [3, 1, 4], [1, 5])
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert list(stream(model, [3, 1, 4], 8)) == generate(model, torch.tensor([[3, 1, 4]]), 8, temperature=0)[0, 3:].tolist()
 
     with collect_attention(model):
