@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ResidualProjection, apply_rope
+from .lora import LoRALinear
 from .model import GPT, evaluating
 
 
@@ -178,8 +179,7 @@ class DecodeStep:
         # the layer classes whose forward is what the step calls: Linear, or LoRA's frozen Linear plus B @ A
         return (cfg.norm_first and not cfg.cross_attention and model.wte is not None
                 and not any(b.attn.store_weights for b in model.blocks)
-                and all(type(m) in (nn.Linear, ResidualProjection) or type(m).__name__ == "LoRALinear"
-                        for m in [*linears, model.head]))
+                and all(type(m) in (nn.Linear, ResidualProjection, LoRALinear) for m in [*linears, model.head]))
 
     def __init__(self, model: GPT):
         cfg = model.config  # the model's pieces, not the model: the cache above must not keep a model alive
@@ -206,9 +206,7 @@ class DecodeStep:
     def __call__(self, token: torch.Tensor, cache) -> torch.Tensor:
         """token (1, 1) -> the next position's logits (1, V); stores its keys and values in ``cache``."""
         H, H_kv, D = self.heads
-        p = cache.length
-        if p >= cache.max_len:
-            raise ValueError(f"KV cache holds {cache.max_len} positions; cannot store {p + 1}")
+        p = cache.length  # a full cache: cache.update raises at the first block, before anything is stored
         x = F.embedding(token.view(1), self.wte)  # (1, C)
         if self.wpe is not None:  # learned positions, or rotary angles: (D,) cos and sin of position p
             x = x + self.wpe.weight[p]
