@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .attention import ResidualProjection, apply_rope
+from .attention import ResidualProjection
 from .lora import LoRALinear
-from .model import GPT, evaluating
+from .model import GPT, RMSNorm, evaluating
 
 
 def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float | None = None) -> torch.Tensor:
@@ -183,15 +183,27 @@ class DecodeStep:
 
     def __init__(self, model: GPT):
         cfg = model.config  # the model's pieces, not the model: the cache above must not keep a model alive
-        self.wte, self.wpe, self.ln_f = model.wte.weight, model.wpe, model.ln_f
-        self.rope = (model.rope_cos, model.rope_sin) if model.wpe is None else None
+        self.wte, self.wpe = model.wte.weight, model.wpe
         self.pack = (self.wte.dtype == torch.bfloat16 and self.wte.device.type == "cpu"
                      and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-        self.blocks = [(b.ln1, self._linear(b.attn.qkv), self._linear(b.attn.proj), b.ln2, self._linear(b.mlp.fc),
-                        b.mlp.act, self._linear(b.mlp.proj)) for b in model.blocks]
-        self.head = self._linear(model.head)
+        self.blocks = [(self._norm(b.ln1), self._linear(b.attn.qkv), self._linear(b.attn.proj), self._norm(b.ln2),
+                        self._linear(b.mlp.fc), b.mlp.act, self._linear(b.mlp.proj)) for b in model.blocks]
+        self.ln_f, self.head = self._norm(model.ln_f), self._linear(model.head)
         self.heads = (cfg.n_head, cfg.n_kv_head or cfg.n_head, cfg.head_dim)
         self.gated = cfg.mlp == "swiglu"
+        self.rope = None
+        if model.wpe is None:  # rotary angles, cast once: cos, and sin with the sign of rotate_half folded in
+            half = cfg.head_dim // 2
+            cos, sin = model.rope_cos, model.rope_sin  # (block_size, D)
+            self.rope = (cos.to(self.wte.dtype), torch.cat([-sin[:, :half], sin[:, half:]], -1).to(self.wte.dtype))
+
+    @staticmethod
+    def _norm(layer: nn.Module):
+        """``x -> layer(x)`` for a norm layer, RMSNorm without the module call."""
+        if type(layer) is not RMSNorm:
+            return layer
+        weight, shape, eps = layer.weight, layer.normalized_shape, layer.eps
+        return lambda x: weight * F.rms_norm(x.float(), shape, eps=eps).to(x.dtype)  # RMSNorm.forward
 
     def _linear(self, layer: nn.Module):
         """``x -> layer(x)`` with the least work: F.linear on the weight (packed once in bfloat16)."""
@@ -206,19 +218,23 @@ class DecodeStep:
     def __call__(self, token: torch.Tensor, cache) -> torch.Tensor:
         """token (1, 1) -> the next position's logits (1, V); stores its keys and values in ``cache``."""
         H, H_kv, D = self.heads
-        p = cache.length  # a full cache: cache.update raises at the first block, before anything is stored
+        p = cache.length
+        if p >= cache.max_len:  # checked before anything is stored
+            raise ValueError(f"KV cache holds {cache.max_len} positions; cannot store {p + 1}")
         x = F.embedding(token.view(1), self.wte)  # (1, C)
-        if self.wpe is not None:  # learned positions, or rotary angles: (D,) cos and sin of position p
+        if self.wpe is not None:  # learned positions, or rotary angles: (D,) cos and signed sin of position p
             x = x + self.wpe.weight[p]
-        rope = None if self.rope is None else (self.rope[0][p], self.rope[1][p])
+        else:
+            cos, sin = self.rope[0][p], self.rope[1][p]
         for layer, (ln1, qkv, attn_proj, ln2, fc, act, proj) in enumerate(self.blocks):
-            heads = qkv(ln1(x)).view(H + 2 * H_kv, 1, D)  # (H + 2 H_kv, 1, D): one position
+            heads = qkv(ln1(x)).view(H + 2 * H_kv, D)  # (H + 2 H_kv, D): one position
             qk, v = heads[: H + H_kv], heads[H + H_kv :]
-            if rope is not None:
-                qk = apply_rope(qk, *rope)
-            k, v = cache.update(layer, qk[None, H:], v[None])  # (1, H_kv, p + 1, D) each
+            if self.rope is not None:  # apply_rope: rotate_half(qk) * sin is the halves swapped, times signed sin
+                qk = qk * cos + qk.roll(D // 2, -1) * sin
+            keys, values = cache.k[layer][0], cache.v[layer][0]  # (H_kv, max_len, D): written in place
+            keys[:, p], values[:, p] = qk[H:], v
             q = qk[:H].view(1, H_kv, H // H_kv, D)  # a group's queries all read one kv head
-            out = F.scaled_dot_product_attention(q, k, v)  # (1, H_kv, group, D)
+            out = F.scaled_dot_product_attention(q, keys[None, :, : p + 1], values[None, :, : p + 1])  # (1, H_kv, group, D)
             x = x + attn_proj(out.reshape(1, H * D))  # heads side by side
             h = fc(ln2(x))
             if self.gated:
