@@ -12,7 +12,7 @@ numbers (``--answers restate``) or the excerpt's sentence itself (``quote``); 5%
 answer "not in the document". The loss is on the reply only.
 
 LoRA adapters (r 8, alpha 16) on every linear layer of blocks ``--first-layer``..29 train for ``--steps`` steps of
-``--batch`` examples (AdamW, learning rate 5e-4, warm-up then cosine), then the base and the adapted model (adapters
+``--batch`` examples (helpers.fit: AdamW, learning rate 5e-4, 10 warm-up steps, then cosine), then the base and the adapted model (adapters
 merged) answer the development questions with notebook 10's recipe (helpers.recipes.CHAT_WITH_PDF: chunks of 80
 words, hybrid top 3, the 3 closest sentences); the last line compares them. The held-out questions are not used.
 """
@@ -21,15 +21,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import math
 import random
-import statistics
 import time
 
 import torch
 import torch.nn.functional as F
 
-from helpers import rag
+from helpers import fit, rag
 from helpers.lora import LoRAAdapters
 from helpers.pretrained import chatml
 from helpers.rag.answers import build_messages
@@ -154,37 +152,31 @@ def made_up_example(r: random.Random, answers: str = "restate", n_excerpts=(3, 5
 
 
 def train(lm: LocalModel, args) -> LoRAAdapters:
-    """LoRA on the blocks from ``args.first_layer`` up, the loss on the reply tokens only."""
+    """LoRA on the blocks from ``args.first_layer`` up, with helpers.fit; the loss on the reply tokens only."""
     torch.manual_seed(args.seed)
     model, tokenizer = lm.model, lm.tokenizer
     adapters = LoRAAdapters.for_model(model, layers=range(args.first_layer, len(model.blocks)), r=8, alpha=16)
     adapters.attach(model)
-    optimizer = torch.optim.AdamW(adapters.parameters(), lr=args.lr, weight_decay=0.0)
     r, end = random.Random(args.seed), tokenizer.encode("<|im_end|>")
-    model.train()
-    start, losses = time.perf_counter(), []
-    for step in range(args.steps):
+
+    def batch(step):  # (B, T) token ids, right-padded, and their targets: -100 but on the reply
         rows = []
         for _ in range(args.batch):
             excerpts, question, reply = made_up_example(r, args.answers)
             rows.append((tokenizer.encode(chatml(build_messages(question, excerpts))), tokenizer.encode(reply) + end))
         T = max(len(p) + len(a) for p, a in rows)
-        x = torch.zeros(len(rows), T, dtype=torch.long)  # (B, T), right-padded
-        y = torch.full((len(rows), T), -100)  # targets: the reply's tokens only
+        x, y = torch.zeros(len(rows), T, dtype=torch.long), torch.full((len(rows), T), -100)
         for i, (prompt, reply_ids) in enumerate(rows):
             x[i, : len(prompt) + len(reply_ids)] = torch.tensor(prompt + reply_ids)
             y[i, len(prompt) - 1 : len(prompt) + len(reply_ids) - 1] = torch.tensor(reply_ids)
-        lr = args.lr * min(1.0, (step + 1) / 10) * 0.5 * (1 + math.cos(math.pi * step / args.steps))
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss = F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        losses.append(loss.item())
-        if step % 20 == 0 or step == args.steps - 1:
-            print(f"  step {step:4d}: loss {statistics.mean(losses[-20:]):.3f} ({time.perf_counter() - start:.0f} s)",
-                  flush=True)
+        return x, y
+
+    def reply_loss(model, xy):
+        x, y = xy
+        return F.cross_entropy(model(x).flatten(0, 1), y.flatten(), ignore_index=-100)
+
+    start = time.perf_counter()
+    fit(model, batch, steps=args.steps, lr=args.lr, loss_fn=reply_loss, weight_decay=0.0, warmup=10)
     model.eval()
     print(f"trained {adapters.num_parameters():,} parameters for {args.steps} steps of {args.batch} examples in "
           f"{time.perf_counter() - start:.0f} s")
