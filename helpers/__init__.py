@@ -12,7 +12,19 @@
 
 from .attention import KVCache, MultiHeadAttention, causal_mask, einsum_attention, padding_mask
 from .checkpoint import load_checkpoint, save_checkpoint
-from .config import get_device, get_profile, in_colab, is_offline, pick, seed_everything, summary
+from .config import (
+                     autocast_dtype,
+                     get_device,
+                     get_profile,
+                     grad_scaler,
+                     in_colab,
+                     is_offline,
+                     make_generator,
+                     mixed_precision,
+                     pick,
+                     seed_everything,
+                     summary,
+)
 from .data import data_dir, load_mnist, load_tiny_shakespeare
 from .generate import generate
 from .model import GPT, Block, Encoder, TransformerConfig, collect_attention, evaluating, mean_pool
@@ -22,8 +34,8 @@ __version__ = "0.1.0"
 
 __all__ = [
     "GPT", "Block", "Encoder", "History", "KVCache", "MultiHeadAttention", "TransformerConfig",
-    "causal_mask", "collect_attention", "data_dir", "einsum_attention", "evaluate", "evaluating", "fit", "generate",
-    "get_device", "get_profile", "in_colab", "is_offline", "load_checkpoint", "load_mnist",
-    "load_tiny_shakespeare", "mean_pool", "padding_mask", "pick", "save_checkpoint", "seed_everything",
-    "summary",
+    "autocast_dtype", "causal_mask", "collect_attention", "data_dir", "einsum_attention", "evaluate", "evaluating",
+    "fit", "generate", "get_device", "get_profile", "grad_scaler", "in_colab", "is_offline", "load_checkpoint",
+    "load_mnist", "load_tiny_shakespeare", "make_generator", "mean_pool", "mixed_precision", "padding_mask", "pick",
+    "save_checkpoint", "seed_everything", "summary",
 ]

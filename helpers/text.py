@@ -22,6 +22,7 @@ from itertools import pairwise
 import torch
 import torch.nn.functional as F
 
+from .config import mixed_precision
 from .model import evaluating
 
 # --------------------------------------------------------------------------- characters
@@ -241,15 +242,17 @@ def lm_eval_batches(data: torch.Tensor, block_size: int, batch_size: int) -> lis
     return [(x[i : i + batch_size], y[i : i + batch_size]) for i in range(0, n, batch_size)]
 
 
-def evaluate_lm(model, data: torch.Tensor, block_size: int, batch_size: int = 64, autocast_dtype=None) -> float:
+def evaluate_lm(model, data: torch.Tensor, block_size: int, batch_size: int = 64, autocast_dtype="auto") -> float:
     """Mean next-token loss (nats per token) over all of ``data``, every token predicted once
-    (windows of ``block_size``, so each prediction sees 0 to ``block_size - 1`` tokens of context)."""
+    (windows of ``block_size``, so each prediction sees 0 to ``block_size - 1`` tokens of context). ``data`` may
+    live anywhere: each batch is moved to the model's device. ``autocast_dtype``: as :func:`helpers.fit`'s
+    (``"auto"``: the hardware's mixed precision, float32 on the CPU; ``None``: float32)."""
     device = next(model.parameters()).device
     total, count = 0.0, 0
     with evaluating(model):
         for x, y in lm_eval_batches(data, block_size, batch_size):
             x, y = x.to(device), y.to(device)
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            with mixed_precision(device, autocast_dtype):
                 logits = model(x)
             total += F.cross_entropy(logits.flatten(0, 1).float(), y.flatten(), reduction="sum").item()
             count += y.numel()

@@ -1,5 +1,6 @@
 """One training loop for every notebook: AdamW, warm-up then cosine decay, gradient clipping,
-periodic evaluation, a progress bar, and a history that plots as loss curves."""
+mixed precision chosen by the hardware, periodic evaluation, the best weights kept and early stopping on
+request, a progress bar, and a history that plots as loss curves."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import get_device
+from .config import get_device, grad_scaler, mixed_precision, resolve_autocast
 from .distributed import Processes
 from .model import evaluating
 
@@ -36,6 +37,9 @@ class History:
     seconds: list[float] = field(default_factory=list)
     metrics: dict[str, list[float]] = field(default_factory=dict)
     steps_done: int = 0
+    best_step: int | None = None  # with fit(keep_best=...): the evaluation whose weights the model ends with
+    best_score: float | None = None  # and its score (the validation loss, or the chosen metric)
+    stopped_early: bool = False  # fit(patience=...) ended training before its last step
 
     @property
     def final_val_loss(self) -> float:
@@ -55,7 +59,9 @@ class History:
         steps = f"{self.steps_done}/{total_steps}" if total_steps else f"{self.steps_done}"
         seconds = self.seconds[-1] if self.seconds else 0.0
         figures = "".join(f" | {name} {value:.4g}" for name, value in self.latest().items())
-        return f"training: {steps} steps in {seconds:.1f} s{figures}"
+        stopped = " (stopped early)" if self.stopped_early else ""
+        best = f" | kept step {self.best_step}: {self.best_score:.4g}" if self.best_step is not None else ""
+        return f"training: {steps} steps in {seconds:.1f} s{stopped}{figures}{best}"
 
     def plot(self, ax=None, label: str = "", **kwargs):
         from .plotting import plot_history
@@ -116,17 +122,18 @@ def make_optimizer(model: nn.Module, lr: float, weight_decay: float, betas=(0.9,
 
 
 def evaluate(model: nn.Module, data, loss_fn=cross_entropy_loss, max_batches: int | None = None,
-             device=None, autocast_dtype=None) -> float:
-    """Mean loss over the batches of ``data`` (an iterable, or a callable ``i -> batch``)."""
-    device = device or next(model.parameters()).device
+             device=None, autocast_dtype="auto") -> float:
+    """Mean loss over the batches of ``data`` (an iterable, or a callable ``i -> batch``), each batch moved to the
+    model's device. ``autocast_dtype``: ``"auto"`` (the hardware's choice, :func:`helpers.config.autocast_dtype`;
+    float32 on the CPU), a dtype, or ``None`` for float32."""
+    device = torch.device(device) if device is not None else next(model.parameters()).device
     if callable(data) and not isinstance(data, Iterable):
         get_batch = data
         data = (get_batch(i) for i in range(max_batches or 1))
     losses = []
-    with evaluating(model):
+    with evaluating(model), mixed_precision(device, autocast_dtype):
         for batch in itertools.islice(data, max_batches):
-            with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                losses.append(loss_fn(model, to_device(batch, device)).item())
+            losses.append(loss_fn(model, to_device(batch, device)).item())
     return sum(losses) / len(losses)
 
 
@@ -153,7 +160,9 @@ def fit(
     eval_batches: int = 20,
     metrics: dict[str, Callable[[nn.Module], float]] | None = None,
     time_limit: float | None = None,
-    autocast_dtype: torch.dtype | None = None,
+    autocast_dtype: torch.dtype | str | None = "auto",
+    keep_best: bool | str = False,
+    patience: int | None = None,
     device=None,
     progress: bool = True,
 ) -> History:
@@ -164,9 +173,16 @@ def fit(
     functions of the model evaluated with the validation loss (e.g. accuracy), in eval mode.
     ``time_limit`` (seconds) ends training early; the learning-rate schedule then follows
     whichever of steps or time is further along, so the decay still completes.
-    ``autocast_dtype`` (e.g. ``torch.bfloat16``) runs the forward pass in mixed precision.
+    ``autocast_dtype`` is the precision of the forward pass: ``"auto"`` (default) is the hardware's choice
+    (:func:`helpers.config.autocast_dtype`: bfloat16 on recent GPUs, float16 with a loss-scaling
+    ``GradScaler`` on older ones such as the T4, float32 on the CPU), or give a dtype, or ``None`` for float32.
     Gradients are clipped to norm 1. With ``progress`` a bar is drawn while training and one
     summary line (:meth:`History.summary`) is printed at the end.
+
+    Model selection on the validation data: ``keep_best=True`` ends training with the weights of the evaluation
+    with the lowest validation loss (``keep_best="accuracy"``: with the highest value of that metric, one of
+    ``metrics``), not those of the last step; ``patience=N`` stops training after N evaluations in a row without
+    a new best (it needs ``keep_best``). ``History.best_step`` and ``best_score`` say which evaluation was kept.
 
     Launched with ``torchrun --nproc_per_node=N``, the same call trains with DistributedDataParallel
     (see :mod:`helpers.distributed`): each process sees its own shard of ``train_data``, gradients and
@@ -174,6 +190,8 @@ def fit(
     ``loss_fn`` must then call ``model(...)`` (the wrapped model) for its forward pass.
     """
     device = torch.device(device) if device else get_device()
+    autocast_dtype = resolve_autocast(autocast_dtype, device)
+    select = _selection(keep_best, patience, val_data, metrics)
     model.to(device).train()
     procs = Processes.start(device)
     train_model = procs.wrap(model)
@@ -181,6 +199,8 @@ def fit(
     min_lr = lr / 10 if min_lr is None else min_lr
     eval_every = eval_every or max(1, steps // 10)
     optimizer = make_optimizer(model, lr, weight_decay, betas)
+    scaler = grad_scaler(device, autocast_dtype)  # a no-op unless float16 on CUDA
+    best_state = None
     next_batch = _batches(procs.shard(train_data))
     history = History()
     metrics = metrics or {}
@@ -195,12 +215,14 @@ def fit(
             group["lr"] = rate
 
         batch = to_device(next_batch(step), device)
-        with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+        with mixed_precision(device, autocast_dtype):
             loss = loss_fn(train_model, batch)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        scaler.scale(loss).backward()
+        scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
+        scaler.step(optimizer)  # skipped (and the scale lowered) when float16 gradients overflowed
+        scaler.update()
         window.append(loss.item())
         history.steps_done = step + 1
 
@@ -214,6 +236,10 @@ def fit(
             history.lr.append(rate)
             history.seconds.append(time.perf_counter() - start)
             window = []
+            if select is not None:
+                best_state, stop = _track_best(history, model, select, best_state, patience)
+                if stop and not last:
+                    history.stopped_early = last = True
             if bar is not None:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in history.latest().items()}, refresh=False)
         if bar is not None:
@@ -222,10 +248,41 @@ def fit(
             break
     if bar is not None:
         bar.close()
+    if best_state is not None:
+        model.load_state_dict(best_state)
     if show:
         print(history.summary(steps), flush=True)
     model.eval()
     return history
+
+
+def _selection(keep_best, patience, val_data, metrics):
+    """For ``keep_best``: ``(history -> the latest figure, +1 when lower is better / -1 when higher is)``, or
+    None; bad combinations are clear errors before any training."""
+    if patience is not None and not keep_best:
+        raise ValueError("patience=N stops when the kept model stops improving: pass keep_best=True (validation "
+                         "loss) or keep_best='<metric>' too")
+    if not keep_best:
+        return None
+    if keep_best is True:
+        if val_data is None:
+            raise ValueError("keep_best=True keeps the weights of the lowest validation loss: pass val_data")
+        return (lambda history: history.val_loss[-1]), 1
+    if keep_best not in (metrics or {}):
+        raise ValueError(f"keep_best={keep_best!r} is not one of the metrics ({', '.join(metrics or {}) or 'none'})")
+    return (lambda history: history.metrics[keep_best][-1]), -1
+
+
+def _track_best(history, model, select, best_state, patience):
+    """After an evaluation: keep a copy of the weights if they are the best so far; returns (the best weights,
+    whether patience ran out). The copy lives on the CPU, so it costs no accelerator memory."""
+    latest, sign = select
+    figure = latest(history)
+    if history.best_step is None or sign * figure < sign * history.best_score:
+        history.best_step, history.best_score = history.step[-1], figure
+        best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+    evaluations_since = sum(1 for s in history.step if s > history.best_step)
+    return best_state, patience is not None and evaluations_since >= patience
 
 
 def _log(history, model, procs, window, val_data, loss_fn, eval_batches, metrics, device, autocast_dtype):

@@ -30,7 +30,7 @@ import time
 import torch
 
 from . import recipes
-from .config import PROFILES, get_device, get_profile, pick, seed_everything, summary
+from .config import PROFILES, autocast_dtype, get_device, get_profile, pick, seed_everything, summary
 from .distributed import Processes, is_main_process
 
 
@@ -54,7 +54,7 @@ def train_shakespeare(hp: dict, steps: int | None, seconds: float | None, procs:
     model = GPT(TransformerConfig(vocab_size=chars.vocab_size, block_size=hp["block_size"], n_layer=hp["n_layer"],
                                   n_head=hp["n_head"], n_embd=hp["n_embd"], dropout=hp["dropout"]))
     device = procs.device
-    autocast = torch.bfloat16 if device.type == "cuda" else None
+    autocast = autocast_dtype(device)  # bfloat16 on recent GPUs, float16 + loss scaling on a T4, float32 on CPUs
     history = fit(model, lm_batches(train_ids, hp["block_size"], hp["batch_size"], seed=procs.rank), steps=steps,
                   lr=hp["lr"], min_lr=hp["lr"] / 10, betas=(0.9, 0.99), warmup=max(1, steps // 50),
                   val_data=lm_batches(val_ids, hp["block_size"], 64, seed=10_000), eval_batches=20,
@@ -106,8 +106,7 @@ def train_cifar10(hp: dict, steps: int | None, seconds: float | None, procs: Pro
     device = procs.device
     history = fit(model, batches, steps=steps, lr=hp["lr"], weight_decay=hp["weight_decay"], time_limit=seconds,
                   device=device,
-                  loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1], label_smoothing=hp["label_smoothing"]),
-                  autocast_dtype=torch.bfloat16 if device.type == "cuda" else None)
+                  loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1], label_smoothing=hp["label_smoothing"]))
     accuracy = V.accuracy(model, test_x, test_labels)
     save_checkpoint(model, "06_image_classification", classes=list(V.CIFAR10_CLASSES), mean=list(V.CIFAR10_MEAN),
                     std=list(V.CIFAR10_STD), test_accuracy=accuracy, train_images=len(train_images))

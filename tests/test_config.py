@@ -52,3 +52,37 @@ def test_summary_names_profile_device_and_versions(monkeypatch):
     line = config.summary()
     assert "profile=ci" in line and "device=" in line and f"torch {torch.__version__}" in line
     assert "\n" not in line
+
+
+def test_precision_follows_the_hardware(monkeypatch):
+    monkeypatch.delenv("TFS_AUTOCAST", raising=False)
+    assert config.autocast_dtype("cpu") is None  # float32 on CPUs
+    assert config.autocast_dtype("mps") is None
+    for capability, expected in (((9, 0), torch.bfloat16), ((8, 0), torch.bfloat16), ((7, 5), torch.float16)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None, c=capability: c)
+        assert config.autocast_dtype("cuda") == expected  # H200/A100: bf16; T4 (7.5): fp16
+    monkeypatch.setenv("TFS_AUTOCAST", "none")
+    assert config.autocast_dtype("cuda") is None
+    monkeypatch.setenv("TFS_AUTOCAST", "half")
+    with pytest.raises(ValueError, match="bfloat16, float16 or none"):
+        config.autocast_dtype("cpu")
+
+
+def test_the_loss_scaler_is_on_only_for_float16_on_cuda():
+    assert not config.grad_scaler("cpu", torch.float16).is_enabled()
+    assert not config.grad_scaler("cpu", None).is_enabled()
+
+
+def test_mixed_precision_autocasts_and_restores_tf32(monkeypatch):
+    a = torch.randn(4, 4)
+    with config.mixed_precision("cpu", torch.bfloat16) as dtype:
+        assert dtype == torch.bfloat16 and (a @ a).dtype == torch.bfloat16
+    with config.mixed_precision("cpu", "auto") as dtype:
+        assert dtype is None and (a @ a).dtype == torch.float32
+    assert (a @ a).dtype == torch.float32
+
+
+def test_generators_live_on_the_device_they_draw_for():
+    g = config.make_generator(3, "cpu")
+    assert g.device.type == "cpu" and torch.equal(torch.rand(2, generator=g),
+                                                  torch.rand(2, generator=torch.Generator().manual_seed(3)))

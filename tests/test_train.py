@@ -83,3 +83,36 @@ def test_fit_ends_with_a_one_line_summary(capsys):
     assert f"| val {history.val_loss[-1]:.4g}" in lines[0] and "| one 1" in lines[0]
     fit(model, copy_task, steps=5, progress=False)
     assert "training:" not in capsys.readouterr().out  # progress=False: silent
+
+
+def test_keep_best_restores_the_best_validation_weights():
+    torch.manual_seed(0)
+    model = GPT(TransformerConfig(vocab_size=8, block_size=12, n_layer=1, n_head=2, n_embd=16))
+    val = [copy_task(10_000)]
+    # A learning rate that ends in divergence: the last evaluation is worse than the best one.
+    history = fit(model, copy_task, steps=60, lr=3.0, warmup=0, min_lr=3.0, val_data=val, eval_every=5,
+                  keep_best=True, progress=False)
+    best = min(history.val_loss)
+    assert history.best_score == best and history.step[history.val_loss.index(best)] == history.best_step
+    assert evaluate(model, val) == pytest.approx(best, rel=1e-5)  # the model ends with the best weights
+
+
+def test_keep_best_by_a_metric_and_patience_stops_early():
+    model = GPT(TransformerConfig(vocab_size=8, block_size=12, n_layer=1, n_head=2, n_embd=16))
+    scores = iter([0.1, 0.5, 0.4, 0.3, 0.2, 0.9])
+    history = fit(model, copy_task, steps=60, eval_every=10, metrics={"accuracy": lambda m: next(scores)},
+                  keep_best="accuracy", patience=3, progress=False)
+    assert history.metrics["accuracy"] == [0.1, 0.5, 0.4, 0.3, 0.2]  # three evaluations without a new best
+    assert history.stopped_early and history.steps_done == 50
+    assert history.best_step == 20 and history.best_score == 0.5
+    assert "(stopped early)" in history.summary(60) and "kept step 20: 0.5" in history.summary(60)
+
+
+def test_model_selection_needs_what_it_selects_on():
+    model = GPT(TransformerConfig(vocab_size=8, block_size=12, n_layer=1, n_head=2, n_embd=16))
+    with pytest.raises(ValueError, match="pass val_data"):
+        fit(model, copy_task, steps=2, keep_best=True, progress=False)
+    with pytest.raises(ValueError, match="pass keep_best"):
+        fit(model, copy_task, steps=2, patience=2, progress=False)
+    with pytest.raises(ValueError, match="not one of the metrics"):
+        fit(model, copy_task, steps=2, keep_best="accuracy", progress=False)
