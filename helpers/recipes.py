@@ -9,6 +9,10 @@ A notebook reads its recipe once, near the top, and prints it::
 command line, the benchmarks and the notebooks always train the same models. Each recipe is
 ``dict(ci=..., cpu=..., gpu=...)``: ``ci`` runs in about two minutes on 2 CPU cores (the test suite),
 ``cpu`` gives the figures quoted in the README, ``gpu`` is the original tutorial's scale.
+
+``keep_best`` and ``patience`` go to :func:`helpers.fit` wherever a notebook trains with validation data: with
+``keep_best`` the model ends with the weights of its best validation evaluation, and ``patience`` stops training
+after that many evaluations without a new best.
 """
 
 from __future__ import annotations
@@ -28,14 +32,16 @@ EINSUM = _profiles({}, ci=dict(sizes=[16, 128]), cpu=dict(sizes=[16, 64, 256, 51
 # min_len..max_len digits; the encoder-decoder has n_layer blocks on each side, the decoder-only GPT 2 * n_layer;
 # both train `steps` of `batch_size`; n_eval validation and n_eval test strings; s2s_floor: its accuracy floor)
 ATTENTION = _profiles(
-    dict(min_len=3, max_len=8, n_layer=2, n_embd=64, batch_size=64, lr=3e-3, steps=400, n_eval=1000, s2s_floor=0.9),
+    dict(min_len=3, max_len=8, n_layer=2, n_embd=64, batch_size=64, lr=3e-3, steps=400, n_eval=1000, s2s_floor=0.9,
+         keep_best=False, patience=None),
     ci=dict(samples=2_000), cpu=dict(samples=20_000), gpu=dict(samples=20_000),
 )
 
 # 03 · language modelling: the character-level GPT on Tiny Shakespeare (also `train_cli shakespeare`
 # and benchmarks/lm_shakespeare.py), and the vocabulary of the byte-pair encoding
 LANGUAGE_MODEL = _profiles(
-    dict(n_head=4, block_size=64, batch_size=12, lr=3e-3, n_layer=2, dropout=0.0, bpe_vocab=512),
+    dict(n_head=4, block_size=64, batch_size=12, lr=3e-3, n_layer=2, dropout=0.0, bpe_vocab=512, keep_best=False,
+         patience=None),
     ci=dict(n_embd=64, steps=400),
     cpu=dict(n_embd=128, steps=3000),
     # only the gpu model is big enough to overfit Tiny Shakespeare, hence its dropout
@@ -49,7 +55,8 @@ NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12
 # 04 · arithmetic: the same GPT for every writing of addition (also `train_cli arithmetic`), multiplication,
 # and the accuracy floors the notebook asserts; n_val problems (never trained on) are watched during training
 ARITHMETIC = _profiles(
-    dict(n_layer=2, n_head=4, n_embd=128, lr=1e-3, mul_lr=2e-3, n_test=2000, n_val=500, curve_points=12),
+    dict(n_layer=2, n_head=4, n_embd=128, lr=1e-3, mul_lr=2e-3, n_test=2000, n_val=500, curve_points=12,
+         keep_best=False, patience=None),
     ci=dict(max_digits=5, batch_size=128, steps=500, mul_steps=150, curve_points=6, add_floor=0.99, mul_floor=0.05),
     cpu=dict(max_digits=5, batch_size=256, steps=1000, mul_steps=1000, add_floor=0.999, mul_floor=0.97),
     gpu=dict(max_digits=7, n_layer=3, n_embd=256, batch_size=512, steps=4000, mul_steps=3000, mul_lr=1e-3,
@@ -60,7 +67,7 @@ ARITHMETIC = _profiles(
 # prefix and cross; discrete prefix and cross) trains the same `steps` of `batch_size`; eval_images test images
 # (mixture_images for the marginal likelihood) are read once, at the end; the floors are what the notebook asserts
 IMAGE_GENERATION = _profiles(
-    {},
+    dict(keep_best=False, patience=None),
     ci=dict(model=dict(n_layer=2, n_head=4, n_embd=64), batch_size=64, lr=3e-3, judge_steps=150, steps=300,
             per_digit=10, eval_images=2000, mixture_images=200, agreement_floor=0.2, sample_floor=0.15),
     cpu=dict(model=dict(n_layer=4, n_head=4, n_embd=128), batch_size=64, lr=1.5e-3, judge_steps=600, steps=600,
@@ -74,7 +81,7 @@ IMAGE_GENERATION = _profiles(
 # of the ResNet's three stages; n_train None means all the training images, of which n_val are held out
 # (stratified, seeded: helpers.vision.cifar.stratified_split) to validate on; the test set is used once, at the end
 IMAGE_CLASSIFICATION = _profiles(
-    dict(weight_decay=0.05, label_smoothing=0.1, n_val=1000),
+    dict(weight_decay=0.05, label_smoothing=0.1, n_val=1000, keep_best=False, patience=None),
     ci=dict(n_train=10_000, batch_size=64, epochs=2, lr=2e-3, vit=dict(n_layer=2, n_head=2, n_embd=96, conv_width=32),
             resnet=(16, 32, 64)),
     cpu=dict(n_train=10_000, batch_size=64, epochs=20, lr=2e-3,
@@ -88,7 +95,8 @@ IMAGE_CLASSIFICATION = _profiles(
 AUDIO_CLASSIFICATION = _profiles(
     dict(model=dict(n_mels=40, pre_emphasis=0.97, floor_db=30, speech_db=30, n_mfcc=20, n_layer=2, n_head=4,
                     n_embd=96, conv_channels=96, dropout=0.1),
-         weight_decay=0.05, loso_speakers=("george", "jackson", "lucas", "nicolas", "theo", "yweweler")),
+         weight_decay=0.05, loso_speakers=("george", "jackson", "lucas", "nicolas", "theo", "yweweler"),
+         keep_best=False, patience=None),
     ci=dict(steps=400, batch_size=32, lr=3e-3, augment=False, loso_speakers=("theo",), loso_steps=100),
     cpu=dict(steps=3000, batch_size=64, lr=2e-3, augment=True, loso_steps=1000),
     gpu=dict(steps=3000, batch_size=128, lr=2e-3, augment=True, loso_steps=1500),
@@ -96,7 +104,8 @@ AUDIO_CLASSIFICATION = _profiles(
 
 # 08 · music generation: block_size in tokens (1, 2 or 8 bars of 16 sixteenths); MAESTRO also needs the network
 MUSIC_GENERATION = _profiles(
-    dict(n_head=4, lr=2e-3, dropout=0.1, transpose=3),  # transpose: random key changes of up to 3 semitones
+    dict(n_head=4, lr=2e-3, dropout=0.1, transpose=3,  # transpose: random key changes of up to 3 semitones
+         keep_best=False, patience=None),
     ci=dict(block_size=64, n_layer=2, n_embd=64, steps=150, batch_size=16, use_maestro=False),
     cpu=dict(block_size=128, n_layer=3, n_embd=96, steps=800, batch_size=16, use_maestro=False),
     gpu=dict(block_size=512, n_layer=6, n_embd=256, steps=4000, batch_size=64, use_maestro=True),
