@@ -29,6 +29,7 @@ import torch.nn.functional as F
 import torchaudio
 from torch import nn
 
+from .config import mixed_precision
 from .data import DatasetInfo, RemoteFile, fetch_files, register
 from .model import GPT, Encoder, evaluating, init_weights, transformer_config
 
@@ -215,10 +216,11 @@ _NATS_PER_DB = math.log(10) / 10  # a power ratio of 1 dB is a difference of 0.2
 
 
 def pad_features(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A list of (T_i, F) -> padded (B, T_max, F) with zeros, and the padding mask (B, T_max), True = real."""
-    lengths = torch.tensor([f.size(0) for f in features])
+    """A list of (T_i, F) -> padded (B, T_max, F) with zeros, and the padding mask (B, T_max), True = real,
+    both on the features' device."""
     padded = nn.utils.rnn.pad_sequence(features, batch_first=True)
-    mask = torch.arange(padded.size(1))[None, :] < lengths[:, None]
+    lengths = torch.tensor([f.size(0) for f in features], device=padded.device)
+    mask = torch.arange(padded.size(1), device=padded.device)[None, :] < lengths[:, None]
     return padded, mask
 
 
@@ -287,7 +289,8 @@ class AudioClassifier(nn.Module):
             init_weights(self.head, cfg.n_layer)
 
     def forward(self, features: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
-        """features (B, T, n_mels), padding_mask (B, T) bool (True = real; None = no padding) -> logits (B, n_classes)."""
+        """features (B, T, n_mels), padding_mask (B, T) bool (True = real; None = no padding), both on the model's
+        device -> logits (B, n_classes)."""
         if padding_mask is None:
             padding_mask = torch.ones(features.shape[:2], dtype=torch.bool, device=features.device)
         frames, frame_mask = self.tokens(features, padding_mask)  # (B, T', n_embd)
@@ -329,11 +332,12 @@ class AudioClassifier(nn.Module):
         with torch.no_grad():
             return [self.features(w.to(device)) for w in waveforms]
 
-    def classify(self, features: list[torch.Tensor], batch_size: int = 256) -> torch.Tensor:
-        """Predicted classes (N,) for a list of feature sequences, in padded batches."""
+    def classify(self, features: list[torch.Tensor], batch_size: int = 256, autocast_dtype="auto") -> torch.Tensor:
+        """Predicted classes (N,), on the CPU, for a list of feature sequences (anywhere), in padded batches;
+        ``autocast_dtype`` as :func:`helpers.evaluate`'s."""
         device = next(self.parameters()).device
         out = []
-        with evaluating(self):
+        with evaluating(self), mixed_precision(device, autocast_dtype):
             for i in range(0, len(features), batch_size):
                 x, mask = pad_features(features[i : i + batch_size])
                 out.append(self(x.to(device), mask.to(device)).argmax(-1).cpu())
@@ -393,8 +397,8 @@ def classification_loss(model: AudioClassifier, batch) -> torch.Tensor:
 
 
 def confusion_matrix(predictions, labels, n_classes: int = 10) -> torch.Tensor:
-    """(n_classes, n_classes) counts: row = true class, column = predicted class."""
-    index = torch.as_tensor(labels) * n_classes + torch.as_tensor(predictions)
+    """(n_classes, n_classes) counts on the CPU: row = true class, column = predicted class (either anywhere)."""
+    index = torch.as_tensor(labels).cpu() * n_classes + torch.as_tensor(predictions).cpu()
     return torch.bincount(index, minlength=n_classes * n_classes).view(n_classes, n_classes)
 
 

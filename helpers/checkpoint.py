@@ -84,7 +84,8 @@ def save_checkpoint(model: nn.Module, name_or_path, **extra) -> Path:
 
 
 def load_checkpoint(name_or_path, map_location="cpu") -> nn.Module:
-    """Rebuild the saved model in eval mode; ``model.checkpoint_extra`` holds the saved extras."""
+    """Rebuild the saved model in eval mode, on the device ``map_location`` (default: the CPU; e.g.
+    ``helpers.get_device()``); ``model.checkpoint_extra`` holds the saved extras."""
     path = checkpoint_path(name_or_path)
     if not path.exists():
         raise FileNotFoundError(f"no checkpoint at {path}; run the notebook that trains it first")
@@ -94,6 +95,8 @@ def load_checkpoint(name_or_path, map_location="cpu") -> nn.Module:
     config_class = _resolve(payload["config_class"], "config")
     model_class = _resolve(payload["class"], "model")
     model = model_class(config_class(**payload["config"]))
+    if isinstance(map_location, (str, torch.device)):
+        model.to(map_location)  # the model lives where its state dict was loaded
     model.load_state_dict(payload["state_dict"])
     model.checkpoint_extra = payload.get("extra", {})
     return model.eval()

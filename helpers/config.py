@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import platform
 import random
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
@@ -119,7 +119,8 @@ def grad_scaler(device=None, dtype: torch.dtype | None = None) -> torch.amp.Grad
     gradients would round to zero in float16's range). Anywhere else it is disabled and every call passes through,
     so a training loop can always use it."""
     device = torch.device(device) if device is not None else get_device()
-    return torch.amp.GradScaler(device.type, enabled=device.type == "cuda" and dtype == torch.float16)
+    enabled = device.type == "cuda" and dtype == torch.float16
+    return torch.amp.GradScaler(device.type if enabled else "cpu", enabled=enabled)
 
 
 @contextmanager
@@ -135,7 +136,8 @@ def mixed_precision(device=None, dtype="auto"):
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     try:
-        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+        # float32: no autocast at all (torch.autocast knows no "mps" before torch 2.5, nor "meta")
+        with torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext():
             yield dtype
     finally:
         if cuda:
@@ -156,6 +158,20 @@ def make_generator(seed: int, device=None) -> torch.Generator:
     generator=cpu_generator)`` is an error). The same seed gives different numbers on different devices."""
     device = torch.device(device) if device is not None else get_device()
     return torch.Generator(device=device).manual_seed(seed)
+
+
+def draw(sampler, *args, generator: torch.Generator | None = None, device=None, **kwargs) -> torch.Tensor:
+    """``sampler(*args, **kwargs)`` (``torch.rand``, ``torch.randn``, ``torch.randint``...) drawn with ``generator``
+    on the generator's own device, then moved to ``device``: a CPU generator then gives the same numbers whatever
+    the device the result is used on (a notebook's samples do not change with the hardware), and a CUDA
+    generator draws on the GPU. Without a generator the draw is made on ``device`` itself, from its global
+    random state (:func:`seed_everything` seeds it).
+
+    >>> noise = draw(torch.randn, (B, P), generator=torch.Generator().manual_seed(0), device=logits.device)
+    """
+    source = generator.device if generator is not None else torch.device(device or "cpu")
+    out = sampler(*args, generator=generator, device=source, **kwargs)
+    return out if device is None else out.to(device)
 
 
 def summary() -> str:

@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import ResidualProjection
+from .config import draw
 from .lora import LoRALinear
 from .model import GPT, evaluating
 
@@ -36,12 +37,26 @@ def filter_logits(logits: torch.Tensor, top_k: int | None = None, top_p: float |
 
 
 def sample_next(logits, temperature=1.0, top_k=None, top_p=None, generator=None) -> torch.Tensor:
-    """(B, V) logits -> (B, 1) token ids. Temperature 0 is greedy decoding (the arg-max)."""
+    """(B, V) logits -> (B, 1) token ids, on the logits' device. Temperature 0 is greedy decoding (the arg-max).
+
+    ``generator`` may live on another device than the logits (a CPU generator for a model on a GPU, as a
+    notebook seeds one): the uniform numbers are then drawn on the generator's device and moved, and each
+    token is found where its cumulative probability passes them (inverse-CDF sampling), on the logits' device.
+    On the same device ``torch.multinomial`` draws with the generator."""
     if temperature == 0:
         return logits.argmax(-1, keepdim=True)
     logits = filter_logits(logits / temperature, top_k, top_p)
     probs = logits.float().softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator)
+    if generator is None or generator.device == probs.device:
+        return torch.multinomial(probs, 1, generator=generator)
+    return _inverse_cdf(probs, draw(torch.rand, (probs.size(0), 1), generator=generator, device=probs.device))
+
+
+def _inverse_cdf(probs: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """(B, V) probabilities and (B, 1) uniform numbers in [0, 1) -> (B, 1) the first token whose cumulative
+    probability exceeds u (never a token of probability zero)."""
+    cdf = probs.cumsum(-1)  # (B, V)
+    return (cdf <= u * cdf[:, -1:]).sum(-1, keepdim=True).clamp(max=probs.size(-1) - 1)
 
 
 def _last_logits(model, x, **model_kwargs) -> torch.Tensor:
@@ -64,13 +79,17 @@ def generate(
     generator: torch.Generator | None = None,
     **model_kwargs,
 ) -> torch.Tensor:
-    """Extend ids ``(B, T)`` by ``max_new_tokens`` sampled tokens; returns ``(B, T + max_new_tokens)``.
+    """Extend ids ``(B, T)`` by ``max_new_tokens`` sampled tokens; returns ``(B, T + max_new_tokens)`` on the
+    model's device (the prompt, and the tensors of ``model_kwargs``, are moved there first).
 
     Without the cache (or once the sequence outgrows ``block_size``) the model re-reads the last
     ``block_size`` tokens at every step. ``model_kwargs`` go to every call of the model, e.g.
     ``memory=`` and ``memory_mask=`` for a decoder with cross-attention (whose keys and values the cache
-    computes once).
+    computes once). ``generator`` may be a CPU generator whatever the model's device (see :func:`sample_next`).
     """
+    device = next(model.parameters()).device
+    idx = idx.to(device)
+    model_kwargs = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in model_kwargs.items()}
     block = model.config.block_size
     total = idx.size(1) + max_new_tokens
     cache = model.new_cache(idx.size(0), max_len=min(total, block)) if use_cache and idx.size(1) < block else None

@@ -17,6 +17,7 @@ import re
 import torch
 import torch.nn.functional as F
 
+from .config import mixed_precision
 from .model import evaluating
 
 # --------------------------------------------------------------------------- references from transformers
@@ -138,10 +139,11 @@ def next_token_loss(model, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
 
 
-def nats_per_char(model, text: str, tokenizer, block_size: int, batch_size: int = 8) -> float:
+def nats_per_char(model, text: str, tokenizer, block_size: int, batch_size: int = 8, autocast_dtype="auto") -> float:
     """Validation loss of a language model in nats per character of ``text``, whatever its tokenizer (anything
     with ``encode`` and ``decode``): the text's ids cut into consecutive windows of ``block_size`` tokens, every
-    token after the first predicted once, the summed loss divided by the number of characters predicted."""
+    token after the first predicted once, the summed loss divided by the number of characters predicted.
+    ``autocast_dtype``: as :func:`helpers.evaluate`'s (``"auto"``: the hardware's mixed precision, float32 on a CPU)."""
     ids = torch.tensor(tokenizer.encode(text))
     n = (len(ids) - 1) // block_size
     if n == 0:
@@ -149,7 +151,7 @@ def nats_per_char(model, text: str, tokenizer, block_size: int, batch_size: int 
     x, y = ids[: n * block_size].view(n, block_size), ids[1 : n * block_size + 1].view(n, block_size)
     device = next(model.parameters()).device
     total = 0.0
-    with evaluating(model):
+    with evaluating(model), mixed_precision(device, autocast_dtype):
         for i in range(0, n, batch_size):
             logits = model(x[i : i + batch_size].to(device))
             total += F.cross_entropy(logits.flatten(0, 1).float(), y[i : i + batch_size].flatten().to(device),

@@ -12,7 +12,12 @@ command line, the benchmarks and the notebooks always train the same models. Eac
 
 ``keep_best`` and ``patience`` go to :func:`helpers.fit` wherever a notebook trains with validation data: with
 ``keep_best`` the model ends with the weights of its best validation evaluation, and ``patience`` stops training
-after that many evaluations without a new best.
+after that many evaluations without a new best. Every ``gpu`` recipe selects on validation this way (``patience``
+only where a notebook does not compare models at an equal budget).
+
+Each ``gpu`` recipe is sized for about 30 minutes of its whole notebook on a free Colab T4 (16 GB; float16 with
+loss scaling). The estimates beside them count 6 x parameters x tokens (or images) for training, plus attention,
+at 8 TFLOP/s, a realistic rate for a T4 on models this small; none has been measured on a GPU yet.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ def _profiles(common: dict, **per_profile: dict) -> dict[str, dict]:
 
 
 # 01 · einsum: matrix sizes T of the einsum-vs-matmul timing
+# (nothing trains: no model to select; gpu: under a minute on a T4)
 EINSUM = _profiles({}, ci=dict(sizes=[16, 128]), cpu=dict(sizes=[16, 64, 256, 512]),
                    gpu=dict(sizes=[16, 64, 256, 1024]))
 
@@ -34,7 +40,9 @@ EINSUM = _profiles({}, ci=dict(sizes=[16, 128]), cpu=dict(sizes=[16, 64, 256, 51
 ATTENTION = _profiles(
     dict(min_len=3, max_len=8, n_layer=2, n_embd=64, batch_size=64, lr=3e-3, steps=400, n_eval=1000, s2s_floor=0.9,
          keep_best=False, patience=None),
-    ci=dict(samples=2_000), cpu=dict(samples=20_000), gpu=dict(samples=20_000),
+    # gpu: the cpu recipe's two 0.1M-parameter models (400 steps of 64 strings, ~1e12 FLOP): a few minutes on a
+    # T4, bound by the time to launch each step; the weights of the lowest validation loss are kept
+    ci=dict(samples=2_000), cpu=dict(samples=20_000), gpu=dict(samples=20_000, keep_best=True),
 )
 
 # 03 · language modelling: the character-level GPT on Tiny Shakespeare (also `train_cli shakespeare`
@@ -42,11 +50,16 @@ ATTENTION = _profiles(
 LANGUAGE_MODEL = _profiles(
     dict(n_head=4, block_size=64, batch_size=12, lr=3e-3, n_layer=2, dropout=0.0, bpe_vocab=512, keep_best=False,
          patience=None),
-    ci=dict(n_embd=64, steps=400),
-    cpu=dict(n_embd=128, steps=3000),
-    # only the gpu model is big enough to overfit Tiny Shakespeare, hence its dropout
-    gpu=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, lr=1e-3, steps=5000, dropout=0.2,
-             bpe_vocab=1024),
+    ci=dict(n_embd=64, steps=400, eval_every=40),
+    cpu=dict(n_embd=128, steps=3000, eval_every=300),
+    # nanoGPT's shakespeare-char model (6 layers, width 384, block 256, batch 64, dropout 0.2, lr 1e-3 to 1e-4):
+    # only it is big enough to overfit Tiny Shakespeare. nanoGPT decays over 5,000 steps and is at its best near
+    # step 1,750 (1.467 nats/char), still at a high learning rate; here the cosine decay ends at step 3,000 and the
+    # validation loss is read every 250 steps (as nanoGPT), the best weights kept, training stopped after 4
+    # evaluations without a new best. T4: 10.8M parameters x 49M tokens x 6 (+ attention) = 3.5e15 FLOP per model,
+    # the character and the BPE model: ~15 minutes of training, ~20 for the notebook
+    gpu=dict(n_layer=6, n_head=6, n_embd=384, block_size=256, batch_size=64, lr=1e-3, steps=3000, dropout=0.2,
+             bpe_vocab=1024, eval_every=250, keep_best=True, patience=4),
 )
 
 # nanoGPT's CPU configuration (4 layers, 4 heads, width 128, learning rate 1e-3), for the benchmarks only
@@ -55,12 +68,17 @@ NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12
 # 04 · arithmetic: the same GPT for every writing of addition (also `train_cli arithmetic`), multiplication,
 # and the accuracy floors the notebook asserts; n_val problems (never trained on) are watched during training
 ARITHMETIC = _profiles(
+    # autocast_dtype None: float32 everywhere (TF32 on CUDA), because bfloat16's 8-bit mantissa in the attention's
+    # qkv projection stalls learning (the abacus model: 11.6% after the ci recipe's 500 steps on an H200)
     dict(n_layer=2, n_head=4, n_embd=128, lr=1e-3, mul_lr=2e-3, n_test=2000, n_val=500, curve_points=12,
-         keep_best=False, patience=None),
+         keep_best=False, patience=None, autocast_dtype=None),
     ci=dict(max_digits=5, batch_size=128, steps=500, mul_steps=150, curve_points=6, add_floor=0.99, mul_floor=0.05),
     cpu=dict(max_digits=5, batch_size=256, steps=1000, mul_steps=1000, add_floor=0.999, mul_floor=0.97),
+    # gpu: the weights of the best validation accuracy kept (no early stop: the writings compare at equal steps).
+    # T4: 2.4M parameters x 12k tokens x 6 = 1.7e11 FLOP a step, 4,000 steps x 3 writings + multiplication
+    # ~3e15 FLOP, but a step this small is bound by launching its kernels: ~10 minutes for the notebook
     gpu=dict(max_digits=7, n_layer=3, n_embd=256, batch_size=512, steps=4000, mul_steps=3000, mul_lr=1e-3,
-             add_floor=0.999, mul_floor=0.97),
+             add_floor=0.999, mul_floor=0.97, keep_best="accuracy"),
 )
 
 # 05 · image generation: `model` is the shape of every generator, and every generator (regression unconditional,
@@ -72,8 +90,12 @@ IMAGE_GENERATION = _profiles(
             per_digit=10, eval_images=2000, mixture_images=200, agreement_floor=0.2, sample_floor=0.15),
     cpu=dict(model=dict(n_layer=4, n_head=4, n_embd=128), batch_size=64, lr=1.5e-3, judge_steps=600, steps=600,
              per_digit=50, eval_images=5000, mixture_images=500, agreement_floor=0.7, sample_floor=0.3),
+    # gpu: the lowest validation loss kept (no early stop: the generators compare at equal steps). T4: 6.3M
+    # parameters x 6,272 patches a step x 6 = 2.4e11 FLOP, x 8,000 steps x 5 generators = 9.5e15 FLOP, ~20 minutes,
+    # plus sampling and scoring 10,000 images: ~25-30 minutes for the notebook
     gpu=dict(model=dict(n_layer=8, n_head=8, n_embd=256), batch_size=128, lr=6e-4, judge_steps=2000, steps=8000,
-             per_digit=100, eval_images=10_000, mixture_images=10_000, agreement_floor=0.9, sample_floor=0.5),
+             per_digit=100, eval_images=10_000, mixture_images=10_000, agreement_floor=0.9, sample_floor=0.5,
+             keep_best=True),
 )
 
 # 06 · image classification: every model trains the same epochs with the same batch (also `train_cli cifar10`);
@@ -86,8 +108,13 @@ IMAGE_CLASSIFICATION = _profiles(
             resnet=(16, 32, 64)),
     cpu=dict(n_train=10_000, batch_size=64, epochs=20, lr=2e-3,
              vit=dict(n_layer=2, n_head=2, n_embd=128, conv_width=32), resnet=(16, 32, 64)),
-    gpu=dict(n_train=None, n_val=5000, batch_size=256, epochs=60, lr=1e-3,
-             vit=dict(n_layer=7, n_head=4, n_embd=256, conv_width=64), resnet=(64, 128, 256)),
+    # gpu: the weights of the best validation accuracy (read once an epoch) kept; the three models compare at
+    # equal epochs, so no early stop. T4: 45,000 images x 40 epochs x 3 x (5.8e8 FLOP for a forward pass of each
+    # ViT, 3.9e8 for the ResNet) = 8.3e15 FLOP, ~17 minutes, plus the augmentation on Colab's 2 CPU cores:
+    # ~25 minutes for the notebook (60 epochs would be ~35)
+    gpu=dict(n_train=None, n_val=5000, batch_size=256, epochs=40, lr=1e-3,
+             vit=dict(n_layer=7, n_head=4, n_embd=256, conv_width=64), resnet=(64, 128, 256),
+             keep_best="validation accuracy"),
 )
 
 # 07 · audio classification: `model` is the AudioConfig (features, section 2; model, section 3), the same in
@@ -99,7 +126,10 @@ AUDIO_CLASSIFICATION = _profiles(
          keep_best=False, patience=None),
     ci=dict(steps=400, batch_size=32, lr=3e-3, augment=False, loso_speakers=("theo",), loso_steps=100),
     cpu=dict(steps=3000, batch_size=64, lr=2e-3, augment=True, loso_steps=1000),
-    gpu=dict(steps=3000, batch_size=128, lr=2e-3, augment=True, loso_steps=1500),
+    # gpu: the weights of the best validation accuracy kept (encoder and causal compare at equal steps). The model
+    # is tiny (0.3M parameters, ~20 frames a clip): ~15,000 steps bound by launching kernels and by augmenting clips
+    # on the CPU, ~10 minutes on a T4
+    gpu=dict(steps=3000, batch_size=128, lr=2e-3, augment=True, loso_steps=1500, keep_best="validation accuracy"),
 )
 
 # 08 · music generation: block_size in tokens (1, 2 or 8 bars of 16 sixteenths); MAESTRO also needs the network
@@ -108,7 +138,12 @@ MUSIC_GENERATION = _profiles(
          keep_best=False, patience=None),
     ci=dict(block_size=64, n_layer=2, n_embd=64, steps=150, batch_size=16, use_maestro=False),
     cpu=dict(block_size=128, n_layer=3, n_embd=96, steps=800, batch_size=16, use_maestro=False),
-    gpu=dict(block_size=512, n_layer=6, n_embd=256, steps=4000, batch_size=64, use_maestro=True),
+    # gpu: 229 chorales are soon overfitted by a 4.7M-parameter model: the lowest validation loss is kept and
+    # training stops after 4 evaluations without a new best. T4: 4.7M parameters x 32,768 tokens a step x 6
+    # (+ attention over 512) = 1.2e12 FLOP, x 4,000 steps = 5e15 FLOP, ~10 minutes; with MAESTRO (online) its
+    # piano model about as much again: ~20-25 minutes
+    gpu=dict(block_size=512, n_layer=6, n_embd=256, steps=4000, batch_size=64, use_maestro=True, keep_best=True,
+             patience=4),
 )
 
 # 09 · a modern LLM (SmolLM2-135M-Instruct): `reference` is transformers' model the logits are checked against

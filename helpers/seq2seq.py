@@ -62,8 +62,12 @@ class EncoderDecoder(nn.Module):
 
     def generate(self, src: torch.Tensor, start: torch.Tensor, max_new_tokens: int, *,
                  src_mask: torch.Tensor | None = None, use_cache: bool = True, **sampling) -> torch.Tensor:
-        """Continue ``start`` (B, T0) ids by ``max_new_tokens`` tokens given the source (B, S): (B, T0 + n).
-        ``sampling``: temperature (0 = greedy), top_k, top_p, generator, as :func:`helpers.generate`."""
+        """Continue ``start`` (B, T0) ids by ``max_new_tokens`` tokens given the source (B, S): (B, T0 + n), on the
+        model's device (the inputs are moved there). ``sampling``: temperature (0 = greedy), top_k, top_p,
+        generator, as :func:`helpers.generate`."""
+        device = next(self.parameters()).device
+        src, start = src.to(device), start.to(device)
+        src_mask = src_mask.to(device) if src_mask is not None else None
         with evaluating(self):
             memory = self.encode(src, src_mask)
             return generate(self.decoder, start, max_new_tokens, use_cache=use_cache, memory=memory,

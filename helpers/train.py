@@ -86,8 +86,12 @@ def cross_entropy_loss(model: nn.Module, batch) -> torch.Tensor:
 
 
 def to_device(batch, device):
+    """A batch (a tensor, or a dict, list or tuple of them) moved to ``device``. A copy to an accelerator does not
+    wait (``non_blocking``; the GPU's queue orders it before its use); a copy back to the CPU always waits, since the
+    CPU could otherwise read the memory before the copy has filled it."""
+    device = torch.device(device)
     if isinstance(batch, torch.Tensor):
-        return batch.to(device, non_blocking=True)
+        return batch.to(device, non_blocking=device.type != "cpu")
     if isinstance(batch, dict):
         return {k: to_device(v, device) for k, v in batch.items()}
     if isinstance(batch, (list, tuple)):
@@ -223,7 +227,7 @@ def fit(
         nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         scaler.step(optimizer)  # skipped (and the scale lowered) when float16 gradients overflowed
         scaler.update()
-        window.append(loss.item())
+        window.append(loss.detach())  # read back at the next evaluation: no wait for the GPU at every step
         history.steps_done = step + 1
 
         last = step == steps - 1
@@ -278,7 +282,9 @@ def _track_best(history, model, select, best_state, patience):
     whether patience ran out). The copy lives on the CPU, so it costs no accelerator memory."""
     latest, sign = select
     figure = latest(history)
-    if history.best_step is None or sign * figure < sign * history.best_score:
+    best = history.best_score
+    better = not math.isnan(figure) and (best is None or math.isnan(best) or sign * figure < sign * best)
+    if history.best_step is None or better:  # a NaN (diverged) evaluation is never better than a number
         history.best_step, history.best_score = history.step[-1], figure
         best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     evaluations_since = sum(1 for s in history.step if s > history.best_step)
@@ -288,7 +294,7 @@ def _track_best(history, model, select, best_state, patience):
 def _log(history, model, procs, window, val_data, loss_fn, eval_batches, metrics, device, autocast_dtype):
     """Append the interval's mean training loss, the validation loss and the metrics (averaged
     over the processes) to ``history``."""
-    logged = [sum(window) / len(window)]
+    logged = [torch.stack(window).float().mean().item()]
     if val_data is not None:
         logged.append(evaluate(model, val_data, loss_fn, eval_batches, device, autocast_dtype))
     with evaluating(model):

@@ -58,6 +58,7 @@ def train_shakespeare(hp: dict, steps: int | None, seconds: float | None, procs:
     history = fit(model, lm_batches(train_ids, hp["block_size"], hp["batch_size"], seed=procs.rank), steps=steps,
                   lr=hp["lr"], min_lr=hp["lr"] / 10, betas=(0.9, 0.99), warmup=max(1, steps // 50),
                   val_data=lm_batches(val_ids, hp["block_size"], 64, seed=10_000), eval_batches=20,
+                  eval_every=hp["eval_every"], keep_best=hp["keep_best"], patience=hp["patience"],
                   time_limit=seconds, autocast_dtype=autocast, device=device)
     val_loss = evaluate_lm(model, val_ids, hp["block_size"], autocast_dtype=autocast)
     save_checkpoint(model, "03_language_modelling", chars="".join(chars.chars), val_loss_per_char=round(val_loss, 4))
@@ -74,13 +75,16 @@ def train_arithmetic(hp: dict, steps: int | None, seconds: float | None, procs: 
     n = hp["max_digits"]
     test = ar.make_problems(hp["n_test"], n, seed=1)
     test_full = ar.make_problems(hp["n_test"], n, seed=2, sampling="exact", exclude=test)
-    held_out = torch.cat([test, test_full])
+    val = ar.make_problems(hp["n_val"], n, seed=4, exclude=torch.cat([test, test_full]))  # what selection reads
+    held_out = torch.cat([test, test_full, val])
     config = ar.ArithmeticConfig(representation="abacus", op="+", max_digits=n, n_layer=hp["n_layer"],
                                  n_head=hp["n_head"], n_embd=hp["n_embd"], max_place=n + 3)
     model = ar.ArithmeticModel(config)
     device = procs.device
     history = fit(model, ar.training_batches(config, hp["batch_size"], exclude=held_out, seed=procs.rank),
-                  steps=steps, lr=hp["lr"], time_limit=seconds, device=device)
+                  steps=steps, lr=hp["lr"], time_limit=seconds, device=device, autocast_dtype=hp["autocast_dtype"],
+                  eval_every=max(1, steps // hp["curve_points"]), metrics={"accuracy": lambda m: ar.evaluate(m, val)},
+                  keep_best=hp["keep_best"], patience=hp["patience"])
     accuracy, accuracy_full = ar.evaluate(model, test), ar.evaluate(model, test_full)
     save_checkpoint(model, "04_arithmetic", accuracy=accuracy, accuracy_full=accuracy_full)
     return {"steps": history.steps_done, "accuracy": accuracy, f"accuracy_{n}_digits": accuracy_full}
@@ -93,23 +97,30 @@ def train_cifar10(hp: dict, steps: int | None, seconds: float | None, procs: Pro
     from . import vision as V
     from .checkpoint import save_checkpoint
     from .train import fit
+    from .vision.cifar import stratified_split
 
     train_images, train_labels = V.load_cifar10("train")
     test_images, test_labels = V.load_cifar10("test")
     if hp["n_train"] is not None and hp["n_train"] < len(train_images):
         keep = torch.randperm(len(train_images), generator=torch.Generator().manual_seed(0))[: hp["n_train"]]
         train_images, train_labels = train_images[keep], train_labels[keep]
+    train_index, val_index = stratified_split(train_labels, hp["n_val"], seed=0)  # as notebook 06
+    val_x, val_labels = V.normalize(train_images[val_index]), train_labels[val_index]
+    train_images, train_labels = train_images[train_index], train_labels[train_index]
     batches = V.ImageBatches(train_images, train_labels, hp["batch_size"], seed=procs.rank)
     steps = steps or hp["epochs"] * len(batches) // procs.world_size
     test_x = V.normalize(test_images)
     model = V.VisionTransformer(V.ViTConfig(tokenizer="conv", pool="seq", **hp["vit"]))
     device = procs.device
     history = fit(model, batches, steps=steps, lr=hp["lr"], weight_decay=hp["weight_decay"], time_limit=seconds,
-                  device=device,
+                  device=device, eval_every=len(batches) // procs.world_size,
+                  metrics={"validation accuracy": lambda m: V.accuracy(m, val_x, val_labels)},
+                  keep_best=hp["keep_best"], patience=hp["patience"],
                   loss_fn=lambda m, b: F.cross_entropy(m(b[0]), b[1], label_smoothing=hp["label_smoothing"]))
     accuracy = V.accuracy(model, test_x, test_labels)
     save_checkpoint(model, "06_image_classification", classes=list(V.CIFAR10_CLASSES), mean=list(V.CIFAR10_MEAN),
-                    std=list(V.CIFAR10_STD), test_accuracy=accuracy, train_images=len(train_images))
+                    std=list(V.CIFAR10_STD), test_accuracy=accuracy, train_images=len(train_images),
+                    val_images=len(val_index))
     return {"steps": history.steps_done, "test_accuracy": accuracy}
 
 

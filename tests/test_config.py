@@ -86,3 +86,18 @@ def test_generators_live_on_the_device_they_draw_for():
     g = config.make_generator(3, "cpu")
     assert g.device.type == "cpu" and torch.equal(torch.rand(2, generator=g),
                                                   torch.rand(2, generator=torch.Generator().manual_seed(3)))
+
+
+def test_draw_uses_the_generator_s_own_device_then_moves():
+    a = config.draw(torch.randn, (2, 3), generator=torch.Generator().manual_seed(5), device="cpu")
+    assert torch.equal(a, torch.randn(2, 3, generator=torch.Generator().manual_seed(5)))  # the generator's numbers
+    b = config.draw(torch.rand, (4,), generator=torch.Generator().manual_seed(5), device="meta")
+    assert b.device.type == "meta" and b.shape == (4,)  # drawn on the CPU, moved where it is used
+    assert config.draw(torch.randint, 0, 10, (3,), device="cpu").dtype == torch.long  # no generator: the device's own
+
+
+def test_float32_is_no_autocast_at_all():
+    # torch.autocast knows no "meta" device (nor "mps" before torch 2.5): float32 must not need it
+    with config.mixed_precision("meta", None) as dtype:
+        assert dtype is None and torch.is_autocast_enabled("cpu") is False
+    assert not config.grad_scaler("mps", None).is_enabled()

@@ -116,3 +116,22 @@ def test_model_selection_needs_what_it_selects_on():
         fit(model, copy_task, steps=2, patience=2, progress=False)
     with pytest.raises(ValueError, match="not one of the metrics"):
         fit(model, copy_task, steps=2, keep_best="accuracy", progress=False)
+
+
+def test_a_diverged_evaluation_is_never_kept_as_the_best():
+    model = GPT(TransformerConfig(vocab_size=8, block_size=12, n_layer=1, n_head=2, n_embd=16))
+    scores = iter([float("nan"), 0.3, float("nan"), 0.2])
+    history = fit(model, copy_task, steps=40, eval_every=10, metrics={"accuracy": lambda m: next(scores)},
+                  keep_best="accuracy", progress=False)
+    assert history.best_step == 20 and history.best_score == 0.3  # the NaNs at steps 10 and 30 never win
+
+
+def test_batches_are_moved_without_waiting_only_towards_an_accelerator(monkeypatch):
+    from helpers.train import to_device
+
+    seen = []
+    monkeypatch.setattr(torch.Tensor, "to", lambda self, *a, **kw: seen.append(kw.get("non_blocking")) or self)
+    batch = {"x": torch.zeros(2), "pair": (torch.zeros(1), torch.ones(1))}
+    to_device(batch, "cpu")
+    to_device(batch, "meta")
+    assert seen == [False] * 3 + [True] * 3  # a copy back to the CPU must be complete before the CPU reads it

@@ -16,6 +16,7 @@ import json
 import torch
 import torch.nn.functional as F
 
+from ..config import mixed_precision
 from ..data import DatasetInfo, RemoteFile, fetch_file, register
 from ..generate import generate
 from ..model import GPT, evaluating
@@ -124,12 +125,14 @@ def chorale_batches(chorales: list[torch.Tensor], block_size: int, batch_size: i
     return token_batches([chorale_sequence(c) for c in chorales], block_size, batch_size, transpose, generator)
 
 
-def chorale_nll(model: GPT, chorales: list[torch.Tensor], stride: int | None = None, batch_size: int = 32) -> float:
+def chorale_nll(model: GPT, chorales: list[torch.Tensor], stride: int | None = None, batch_size: int = 32,
+                autocast_dtype="auto") -> float:
     """Mean negative log-likelihood (nats) per token of whole chorales under ``model``.
 
     Each chorale is read as ``[BOS] + tokens``; chorales longer than the model's block are scored with
     sliding windows (``stride`` tokens apart, a multiple of 4), each token once, with at least
-    ``block_size - stride`` tokens of context. NLL per 16th-note step is 4 times this.
+    ``block_size - stride`` tokens of context. NLL per 16th-note step is 4 times this. The chorales may be
+    on the CPU; ``autocast_dtype`` as :func:`helpers.evaluate`'s (``"auto"``: the hardware's mixed precision).
     """
     block = model.config.block_size
     stride = stride or block // 2
@@ -151,7 +154,7 @@ def chorale_nll(model: GPT, chorales: list[torch.Tensor], stride: int | None = N
     x, y = torch.stack(xs), torch.stack(ys)
     device = next(model.parameters()).device
     total = 0.0
-    with evaluating(model):
+    with evaluating(model), mixed_precision(device, autocast_dtype):
         for i in range(0, len(x), batch_size):
             logits = model(x[i : i + batch_size].to(device)).float()
             total += F.cross_entropy(logits.flatten(0, 1), y[i : i + batch_size].to(device).flatten(),
@@ -199,8 +202,9 @@ def generate_chorale(model: GPT, n_steps: int, prompt: torch.Tensor | None = Non
                      top_k: int | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Sample a chorale of ``n_steps`` new 16th-note steps, from scratch or after ``prompt`` (T0, 4).
 
-    Returns (T0 + n_steps, 4) pitches. Past the model's block the context is the last half block,
-    cut at a step boundary so every position keeps the voice it was trained on.
+    Returns (T0 + n_steps, 4) pitches, on the CPU. Past the model's block the context is the last half block,
+    cut at a step boundary so every position keeps the voice it was trained on. ``generator`` may be a CPU
+    generator whatever the model's device (:func:`helpers.generate.sample_next`).
     """
     block = model.config.block_size
     device = next(model.parameters()).device

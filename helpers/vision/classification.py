@@ -13,24 +13,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import mixed_precision
 from ..model import Encoder, collect_attention, evaluating, transformer_config
 
 
-def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, prepare=None) -> torch.Tensor:
-    """Logits (N, n_classes) for images (N, ...) in batches, in eval mode; ``prepare`` maps a batch to
-    the model's input (e.g. :func:`~helpers.vision.normalize`)."""
+def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 500, prepare=None,
+            autocast_dtype="auto") -> torch.Tensor:
+    """Logits (N, n_classes), float32 on the CPU, for images (N, ...) (anywhere: each batch is moved to the
+    model's device) in batches, in eval mode; ``prepare`` maps a batch to the model's input (e.g.
+    :func:`~helpers.vision.normalize`). ``autocast_dtype``: as :func:`helpers.evaluate`'s (``"auto"``: the
+    hardware's mixed precision, float32 on the CPU). On a GPU, logits computed in batches of other sizes may
+    differ in the last bits (another kernel adds in another order); compare them with a tolerance."""
     device = next(model.parameters()).device
     out = []
-    with evaluating(model):
+    with evaluating(model), mixed_precision(device, autocast_dtype):
         for start in range(0, len(images), batch_size):
             x = images[start : start + batch_size].to(device)
             out.append(model(prepare(x) if prepare else x).float().cpu())
     return torch.cat(out)
 
 
-def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500, prepare=None) -> float:
-    """Fraction of ``images`` whose arg-max class is the label."""
-    return (predict(model, images, batch_size, prepare).argmax(-1) == labels).float().mean().item()
+def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, batch_size: int = 500, prepare=None,
+             autocast_dtype="auto") -> float:
+    """Fraction of ``images`` whose arg-max class is the label (labels anywhere)."""
+    predicted = predict(model, images, batch_size, prepare, autocast_dtype).argmax(-1)
+    return (predicted == torch.as_tensor(labels).cpu()).float().mean().item()
 
 
 @dataclass
@@ -135,8 +142,9 @@ class VisionTransformer(nn.Module):
     @torch.no_grad()
     def attention_map(self, images: torch.Tensor) -> torch.Tensor:
         """Where the classification looks, by attention rollout: (B, C, H, W) -> (B, grid, grid), each
-        map summing to 1. With a class token, its row of the rollout; with sequence pooling, the
-        rollout weighted by the pooling weights."""
+        map summing to 1, on the model's device (the images are moved there). With a class token, its row of
+        the rollout; with sequence pooling, the rollout weighted by the pooling weights."""
+        images = images.to(next(self.parameters()).device)
         with collect_attention(self) as maps:
             states = self.encoder(self.tokens(images))
         rollout = attention_rollout(maps)  # (B, T', T')

@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import draw
 from ..model import GPT, transformer_config
 from .patches import _as_bchw, dequantize, patchify, quantize, unpatchify
 
@@ -91,9 +92,10 @@ class PatchGPT(nn.Module):
             self.register_buffer("within_mask", pixel[:, None] > pixel[None, :], persistent=False)
 
     def _labels(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
+        """(B,) class ids on ``device`` (where the model is; labels may come from the CPU)."""
         if labels is None:  # unconditional: the "any class" condition
-            labels = torch.full((batch,), self.config.n_classes, dtype=torch.long, device=device)
-        return labels
+            return torch.full((batch,), self.config.n_classes, dtype=torch.long, device=device)
+        return torch.as_tensor(labels, device=device)
 
     def _start(self, labels: torch.Tensor | None, batch: int, device) -> torch.Tensor:
         labels = self._labels(labels, batch, device)
@@ -114,8 +116,8 @@ class PatchGPT(nn.Module):
         return dequantize(quantize(patches, levels), levels) if levels else patches
 
     def forward(self, patches: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """patches (B, N, P) in [0, 1], labels (B,) or None -> the next patches: values (B, N, P), or
-        with ``levels`` logits (B, N, P, levels)."""
+        """patches (B, N, P) in [0, 1] on the model's device, labels (B,) (anywhere) or None -> the next patches:
+        values (B, N, P), or with ``levels`` logits (B, N, P, levels)."""
         B, N, P = patches.shape
         x = torch.cat([self._start(labels, B, patches.device), self.embed(patches[:, :-1])], dim=1)
         out = self.gpt(x, memory=self._memory(labels, B, patches.device))
@@ -128,8 +130,9 @@ class PatchGPT(nn.Module):
 
     def loss(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Images (B, C, H, W) or (B, H, W) in [0, 1] -> the mean-squared error per pixel, or with
-        ``levels`` the cross-entropy per pixel in nats (divide by ln 2 for bits per pixel)."""
-        patches = self._prepare(images)
+        ``levels`` the cross-entropy per pixel in nats (divide by ln 2 for bits per pixel). The images and labels
+        may be on the CPU: they are moved to the model's device."""
+        patches = self._prepare(images.to(self.embed.weight.device))
         out = self(patches, labels)
         if not self.config.levels:
             return F.mse_loss(out, patches)
@@ -139,10 +142,11 @@ class PatchGPT(nn.Module):
     @torch.no_grad()
     def nll_bits(self, images: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """Discrete model: each image's negative log-likelihood -log2 p(x | y), summed over its pixels,
-        in bits: (B,). ``labels=None`` scores the images with the "any class" condition."""
+        in bits: (B,), on the model's device. ``labels=None`` scores the images with the "any class" condition.
+        The images and labels may be on the CPU: they are moved to the model's device."""
         if not self.config.levels:
             raise ValueError("nll_bits needs a discrete model (levels=L): a regression model has no likelihood")
-        patches = self._prepare(images)
+        patches = self._prepare(images.to(self.embed.weight.device))
         out = self(patches, labels)  # (B, N, P, L)
         targets = quantize(patches, self.config.levels)
         nats = F.cross_entropy(out.flatten(0, 2).float(), targets.flatten(), reduction="none")
@@ -159,13 +163,13 @@ class PatchGPT(nn.Module):
         if not self.config.levels:
             out = mix(out)
             if noise:
-                out = out + noise * torch.randn(out.shape, generator=generator).to(out.device)
+                out = out + noise * draw(torch.randn, out.shape, generator=generator, device=out.device)
             return out.clamp(0, 1)
         rows, P, L = out.shape
         B = rows // 2 if guidance else rows
         weight = (self.within.weight * self.within_mask).view(P, L, P * L)  # pixel i's rows
         drawn = out.new_zeros(B, P * L)  # one-hot levels of the pixels drawn so far
-        u = torch.rand(B, P, 1, generator=generator).to(out.device)
+        u = draw(torch.rand, (B, P, 1), generator=generator, device=out.device)
         for i in range(P):  # pixel by pixel: each sees the ones before it in the patch
             seen = drawn.repeat(2, 1) if guidance else drawn
             logits = mix(out[:, i] + seen @ weight[i].T)  # (B, L)
@@ -174,7 +178,7 @@ class PatchGPT(nn.Module):
             else:
                 cdf = (logits.float() / temperature).softmax(-1).cumsum(-1)
                 level = (u[:, i] > cdf).sum(-1).clamp(max=L - 1)  # inverse-CDF sampling
-            drawn[torch.arange(B), i * L + level] = 1
+            drawn[torch.arange(B, device=out.device), i * L + level] = 1
         return dequantize(drawn.view(B, P, L).argmax(-1), L)
 
     @torch.no_grad()
@@ -190,7 +194,9 @@ class PatchGPT(nn.Module):
         ``guidance`` g > 0 (classifier-free guidance, with labels): every step also runs the model with
         the "any class" start token and draws from ``cond + g * (cond - uncond)``, which pushes samples
         towards what is typical of their class (for a model trained with some labels dropped).
-        ``generator`` is a CPU generator, so samples are the same on every device.
+        ``generator``: a CPU generator gives the same random numbers on every device (they are drawn on the CPU
+        and moved, :func:`helpers.config.draw`); a generator on the model's device draws there. The images are
+        returned on the model's device.
         """
         cfg = self.config
         device = next(self.parameters()).device
