@@ -215,10 +215,11 @@ _NATS_PER_DB = math.log(10) / 10  # a power ratio of 1 dB is a difference of 0.2
 
 
 def pad_features(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """A list of (T_i, F) -> padded (B, T_max, F) with zeros, and the padding mask (B, T_max), True = real."""
-    lengths = torch.tensor([f.size(0) for f in features])
+    """A list of (T_i, F) -> padded (B, T_max, F) with zeros, and the padding mask (B, T_max), True = real,
+    both on the features' device."""
     padded = nn.utils.rnn.pad_sequence(features, batch_first=True)
-    mask = torch.arange(padded.size(1))[None, :] < lengths[:, None]
+    lengths = torch.tensor([f.size(0) for f in features], device=padded.device)
+    mask = torch.arange(padded.size(1), device=padded.device)[None, :] < lengths[:, None]
     return padded, mask
 
 
