@@ -56,7 +56,8 @@ NANOGPT_CPU = dict(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12
 # and the accuracy floors the notebook asserts; n_val problems (never trained on) are watched during training
 ARITHMETIC = _profiles(
     dict(n_layer=2, n_head=4, n_embd=128, lr=1e-3, mul_lr=2e-3, n_test=2000, n_val=500, curve_points=12,
-         keep_best=False, patience=None),
+         keep_best=False, patience=None,
+         autocast_dtype=None),  # float32 (TF32 on CUDA): bfloat16's 8-bit precision in the qkv projection stalls learning
     ci=dict(max_digits=5, batch_size=128, steps=500, mul_steps=150, curve_points=6, add_floor=0.99, mul_floor=0.05),
     cpu=dict(max_digits=5, batch_size=256, steps=1000, mul_steps=1000, add_floor=0.999, mul_floor=0.97),
     gpu=dict(max_digits=7, n_layer=3, n_embd=256, batch_size=512, steps=4000, mul_steps=3000, mul_lr=1e-3,
