@@ -42,15 +42,20 @@ lock: $(BIN)/python
 	$(BIN)/python tools/lock.py
 
 # As root (containers) Jupyter needs --allow-root; with no browser to open, it prints the URL to paste instead.
+# The port is Jupyter's 8888 unless LAB_ARGS names another (--port=8890 or --port 8890).
 lab: setup
-	@args="$(LAB_ARGS)"; \
-	[ "$$(id -u)" = 0 ] && args="$$args --allow-root"; \
+	@lab_args="$(LAB_ARGS)"; args="$$lab_args"; port=8888; previous=; \
+	for arg in $$args; do \
+		case "$$arg" in --port=*|--ServerApp.port=*) port="$${arg#*=}";; esac; \
+		[ "$$previous" = --port ] && port="$$arg"; previous="$$arg"; \
+	done; \
+	[ "$$(id -u)" = 0 ] && args="$${args:+$$args }--allow-root"; \
 	if ! { [ "$$(uname)" = Darwin ] || { [ -n "$$DISPLAY$$WAYLAND_DISPLAY" ] && command -v xdg-open >/dev/null; }; }; then \
-		args="$$args --no-browser"; \
-		echo "No browser here: open the http://127.0.0.1:8888/lab?token=... URL that Jupyter prints below"; \
-		echo "(in a container: publish the port and run make lab LAB_ARGS=--ip=0.0.0.0)."; \
+		args="$${args:+$$args }--no-browser"; \
+		echo "No browser here: open the http://127.0.0.1:$$port/lab?token=... URL that Jupyter prints below"; \
+		case " $$lab_args" in *" --ip"*) ;; *) echo "(in a container: publish port $$port and run make lab LAB_ARGS=\"--ip=0.0.0.0$${lab_args:+ $$lab_args}\").";; esac; \
 	fi; \
-	echo "$(BIN)/jupyter lab notebooks/$$args"; \
+	echo "$(BIN)/jupyter lab notebooks/$${args:+ $$args}"; \
 	exec $(BIN)/jupyter lab notebooks/ $$args
 
 test: setup

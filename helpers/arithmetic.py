@@ -12,7 +12,9 @@ writing       ``123 + 45``            what the model sees
                                       digit's place value (units 1, tens 2, hundreds 3...)
 ============  ======================  =================================================
 
-``;`` ends the answer. The model (:class:`ArithmeticModel`) is the shared :class:`~helpers.model.GPT`
+``;`` ends the answer. With ``zero_pad`` both operands are written with ``max_digits`` digits
+(``00123+00045=``), so that with learned absolute positions the digits of one place always sit at the
+same positions. The model (:class:`ArithmeticModel`) is the shared :class:`~helpers.model.GPT`
 fed with float input embeddings: token embedding, plus, for ``abacus``, a place-value embedding
 ("Abacus embeddings", McLeish et al. 2024) that replaces the learned absolute positions.
 
@@ -63,14 +65,23 @@ def sequence_length(op: str, max_digits: int, scratchpad: bool = False) -> int:
     return 2 * max_digits + 2 + answer_length(op, max_digits, scratchpad)
 
 
-def format_problem(a: int, op: str, b: int, representation: str, scratchpad: bool = False) -> tuple[str, str]:
+def format_problem(a: int, op: str, b: int, representation: str, scratchpad: bool = False,
+                   width: int | None = None) -> tuple[str, str]:
     """``(123, "+", 45, "abacus")`` -> ``("321+54=", "861;")``: the prompt and the answer to learn.
 
     With ``scratchpad`` (multiplication) the answer first lists the partial products, one per digit
     of ``b`` as in long multiplication, then their sum: ``(12, "*", 34, "abacus")`` ->
     ``("21*43=", "84+063=804;")``, for 12 * 4 = 48 and 12 * 30 = 360, written units first.
+
+    With ``width`` both operands are written with that many digits, leading zeros added:
+    ``(123, "+", 45, "reversed", width=5)`` -> ``("00123+00045=", "861;")``, so that the digits of
+    one place always sit at the same positions of the prompt.
     """
     x, y, z = str(a), str(b), str(OPS[op](a, b))
+    if width is not None:
+        if max(len(x), len(y)) > width:
+            raise ValueError(f"{a}{op}{b} has a number longer than width={width} digits")
+        x, y = x.zfill(width), y.zfill(width)
     flip = (lambda t: t[::-1]) if representation in ("reversed", "abacus") else (lambda t: t)
     if scratchpad:
         if op != "*":
@@ -167,7 +178,6 @@ def training_batches(config: ArithmeticConfig, batch_size: int, exclude: torch.T
     everywhere but the answer: the model learns to answer, not to predict the random question."""
     generator = torch.Generator().manual_seed(seed)
     taken = _keys(exclude) if exclude is not None and len(exclude) else torch.empty(0, dtype=torch.long)
-    length = sequence_length(config.op, config.max_digits, config.scratchpad)
 
     def get_batch(_step=None):
         problems = torch.empty(0, 2, dtype=torch.long)
@@ -175,16 +185,24 @@ def training_batches(config: ArithmeticConfig, batch_size: int, exclude: torch.T
             cand = torch.stack([sample_numbers(batch_size * 5 // 4, config.max_digits, generator, config.sampling)
                                 for _ in range(2)], dim=1)
             problems = torch.cat([problems, cand[~torch.isin(_keys(cand), taken)]])
-        prompts, answers = zip(*(format_problem(a, config.op, b, config.representation, config.scratchpad)
-                                 for a, b in problems[:batch_size].tolist()), strict=True)
-        seq = encode([p + q for p, q in zip(prompts, answers, strict=True)], length)  # (B, L)
-        x, y = seq[:, :-1], seq[:, 1:].clone()
-        prompt_len = torch.tensor([len(p) for p in prompts])
-        position = torch.arange(y.size(1))
-        y[(position[None, :] < prompt_len[:, None] - 1) | (y == PAD)] = -100  # learn only the answer
-        return x, y
+        return problem_batch(config, problems[:batch_size])
 
     return get_batch
+
+
+def problem_batch(config: ArithmeticConfig, problems) -> tuple[torch.Tensor, torch.Tensor]:
+    """Problems ``(a, b)`` (N, 2) -> ``(x, y)``, each (N, L - 1), written as ``config`` says: ``y`` is ``x``
+    shifted by one, -100 everywhere but the answer and its ``;``. A training batch, or a fixed validation one."""
+    length = sequence_length(config.op, config.max_digits, config.scratchpad)
+    width = config.max_digits if config.zero_pad else None
+    prompts, answers = zip(*(format_problem(a, config.op, b, config.representation, config.scratchpad, width)
+                             for a, b in torch.as_tensor(problems).tolist()), strict=True)
+    seq = encode([p + q for p, q in zip(prompts, answers, strict=True)], length)  # (N, L)
+    x, y = seq[:, :-1], seq[:, 1:].clone()
+    prompt_len = torch.tensor([len(p) for p in prompts])
+    position = torch.arange(y.size(1))
+    y[(position[None, :] < prompt_len[:, None] - 1) | (y == PAD)] = -100  # learn only the answer
+    return x, y
 
 
 # --------------------------------------------------------------------------- the model
@@ -205,6 +223,7 @@ class ArithmeticConfig:
     absolute_positions: bool | None = None  # learned positions; default: on for plain/reversed, off for abacus
     number_embedding: bool = False  # also embed which number a token belongs to (first, second, answer...)
     scratchpad: bool = False  # multiplication: write the partial products before the answer
+    zero_pad: bool = False  # write both operands with max_digits digits, leading zeros added (format_problem)
     dropout: float = 0.0
 
     def __post_init__(self):
@@ -331,7 +350,9 @@ def predict(model: ArithmeticModel, problems, max_digits: int | None = None) -> 
     if len(str(int(problems.max()))) > max_digits:
         raise ValueError(f"problems have numbers longer than {max_digits} digits")
     n_new = answer_length(cfg.op, max_digits, cfg.scratchpad)
-    prompts = [format_problem(a, cfg.op, b, cfg.representation, cfg.scratchpad)[0] for a, b in problems.tolist()]
+    width = max_digits if cfg.zero_pad else None
+    prompts = [format_problem(a, cfg.op, b, cfg.representation, cfg.scratchpad, width)[0]
+               for a, b in problems.tolist()]
     if max(map(len, prompts)) + n_new > cfg.block_size:
         raise ValueError(f"problems of {max_digits} digits do not fit block_size={cfg.block_size}")
     device = next(model.parameters()).device

@@ -15,6 +15,7 @@ from helpers.arithmetic import (
     parse_problem,
     place_values,
     predict,
+    problem_batch,
     solve,
     training_batches,
 )
@@ -27,6 +28,31 @@ def test_the_three_writings():
     assert format_problem(123, "+", 45, "abacus") == ("321+54=", "861;")
     assert format_problem(12, "*", 34, "abacus") == ("21*43=", "804;")
     assert decode(encode(["12+3=15;"], 10)[0]) == "12+3=15;.."
+
+
+def test_problem_batch_writes_given_problems_with_a_loss_on_the_answer_only():
+    cfg = ArithmeticConfig(representation="reversed", max_digits=3)
+    x, y = problem_batch(cfg, torch.tensor([[123, 45], [7, 5]]))
+    assert x.shape == y.shape == (2, 12)                                       # sequence_length 13, shifted by one
+    assert decode(x[0]).startswith("123+45=861;") and decode(x[1]).startswith("7+5=21;")
+    # y[t] is the token after x[t]: the answer's first digit is predicted at the '=' (position len(prompt) - 1)
+    assert y[0].tolist()[:6] == [-100] * 6 and decode(y[0][6:10]) == "861;" and (y[0][10:] == -100).all()
+    assert y[1].tolist()[:3] == [-100] * 3 and decode(y[1][3:6]) == "21;" and (y[1][6:] == -100).all()
+
+
+def test_zero_padding_writes_every_operand_at_full_width():
+    assert format_problem(123, "+", 45, "reversed", width=5) == ("00123+00045=", "861;")
+    assert format_problem(123, "+", 45, "plain", width=5) == ("00123+00045=", "168;")
+    assert format_problem(123, "+", 45, "abacus", width=4) == ("3210+5400=", "861;")
+    with pytest.raises(ValueError, match="width=2"):
+        format_problem(123, "+", 4, "plain", width=2)
+    cfg = ArithmeticConfig(representation="reversed", max_digits=3, zero_pad=True)
+    x, y = problem_batch(cfg, torch.tensor([[7, 5], [123, 45]]))
+    assert decode(x[0]).startswith("007+005=21;") and decode(x[1]).startswith("123+045=861;")
+    assert decode(y[0][7:10]) == "21;" and (y[0][:7] == -100).all()       # loss on the answer only
+    # the model is asked in the writing it was trained on: an untrained one still answers every problem
+    torch.manual_seed(0)
+    assert len(predict(ArithmeticModel(cfg), [(7, 5), (123, 45)])) == 2
 
 
 def test_scratchpad_lists_the_partial_products():
@@ -158,3 +184,18 @@ def test_checkpoint_reload_gives_the_same_answers(trained, tmp_path):
     assert loaded.checkpoint_extra == {"accuracy": 0.5}
     assert predict(loaded, test) == predict(model, test)
     assert solve(loaded, "57+68") == solve(model, "57+68")
+
+
+def test_reversed_answers_are_learned_once_the_operands_are_zero_padded():
+    """With learned absolute positions, the reversed writing is learned when every operand has the same width
+    (the digits of one place at fixed positions), and not at the same budget without the zeros."""
+    test = make_problems(300, 3, seed=1)
+    accuracy = {}
+    for zero_pad in (False, True):
+        torch.manual_seed(0)
+        cfg = ArithmeticConfig(representation="reversed", max_digits=3, n_layer=2, n_head=2, n_embd=64, block_size=16,
+                               zero_pad=zero_pad)
+        model = ArithmeticModel(cfg)
+        fit(model, training_batches(cfg, 128, exclude=test), steps=400, lr=3e-3, progress=False, device="cpu")
+        accuracy[zero_pad] = evaluate(model, test)
+    assert accuracy[True] > 0.9 and accuracy[False] < accuracy[True] - 0.3, accuracy

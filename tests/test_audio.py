@@ -96,6 +96,17 @@ def test_mfcc_shapes_and_reference():
     assert audio.LogMel(cfg)(torch.randn(2, 3333)).shape == (2, 42, cfg.n_mels)
 
 
+def test_padded_batches_stay_on_the_features_device():
+    """Features live where the model is (featurize puts them there): the mask and the augmented batch must too.
+    The meta device stands in for a GPU: mixing it with CPU tensors fails as CUDA would."""
+    clips = [torch.randn(n, 8, device="meta") for n in (5, 3)]
+    x, mask = audio.pad_features(clips)
+    assert x.device.type == mask.device.type == "meta" and tuple(mask.shape) == (2, 5)
+    for augment in (None, audio.Augment(freq_mask=2, time_mask=2)):  # the augmented batch multiplies by the mask
+        x, mask, y = audio.make_batches(clips, [1, 2], 4, torch.Generator().manual_seed(0), augment)(0)
+        assert x.device.type == mask.device.type == "meta"
+
+
 def test_pad_features():
     x, mask = audio.pad_features([torch.ones(3, 2), torch.ones(5, 2)])
     assert x.shape == (2, 5, 2) and mask.tolist() == [[True] * 3 + [False] * 2, [True] * 5]

@@ -3,7 +3,8 @@
 One test per notebook in notebooks/, reading its JSON only (no kernel): every non-blank code cell ran, top to
 bottom, once each (execution counts 1, 2, 3, ...; nbclient and Jupyter skip blank cells and so does the count);
 no error outputs; no stale widget state and no progress-bar widgets frozen at 0%; every cell that draws a figure
-has an image output; no absolute path of the machine that ran it; at most 2 MB. The rules are in
+has an image output; no absolute path of the machine that ran it; no template token or note to self left in a
+markdown cell (a line that is only an ALL_CAPS_WORD with underscores, TODO, XXX, FIXME); at most 2 MB. The rules are in
 tools/notebook_checks.py. A notebook that fails is fixed by rerunning it: python tools/run_notebook.py NAME.ipynb
 """
 
@@ -29,8 +30,9 @@ def test_committed_outputs(path):
     nb = nbformat.read(path, as_version=nbformat.NO_CONVERT)
     problems = notebook_checks.check_all(nb, path.stat().st_size)
     if problems:
-        pytest.fail(f"{path.name} (cell N: the N-th of its cells, counted from 0, markdown included); rerun it with "
-                    f"`python tools/run_notebook.py {path.name}`:\n  " + "\n  ".join(problems), pytrace=False)
+        pytest.fail(f"{path.name} (cell N: the N-th of its cells, counted from 0, markdown included); write the text "
+                    f"a placeholder stands for, and rerun it with `python tools/run_notebook.py {path.name}`:\n  "
+                    + "\n  ".join(problems), pytrace=False)
 
 
 def _notebook(*cells):
@@ -54,6 +56,24 @@ def test_the_checks_catch_what_they_should():
     assert cells(notebook_checks.check_paths(nb)) == ["cell 3"]  # not the URL of cell 2
     assert cells(notebook_checks.check_figures(nb)) == ["cell 4"]  # cell 5 only defines a function
     assert notebook_checks.check_size(3_000_000) and not notebook_checks.check_size(1_000_000)
+
+
+def test_the_checks_catch_a_leftover_placeholder():
+    cell = nbformat.v4.new_markdown_cell
+    nb = nbformat.v4.new_notebook(cells=[
+        cell("**How the recipe was chosen.** On validation data:\n\nSELECTION_TABLE\n"),   # the template's token
+        cell("Strings of `MIN_LEN` to MAX_LEN digits, the table below:\n\n| a | b |\n|---|---|"),  # prose: fine
+        cell("Run `make test`.  \n  {RESULTS_TABLE}  "),
+        cell("The curve flattens. TODO: say why."),
+        cell("Exercise 3 (FIXME) and XXX."),
+        cell("TODOS and XXXL are words; so is PRE_EMPHASIS_DB in a sentence."),
+        nbformat.v4.new_code_cell("# TODO is allowed in code\nSELECTION_TABLE = 1", execution_count=1),
+    ])
+    problems = notebook_checks.check_placeholders(nb)
+    assert [p.split(":")[0] for p in problems] == ["cell 0", "cell 2", "cell 3", "cell 4"]
+    assert "'SELECTION_TABLE'" in problems[0] and "'{RESULTS_TABLE}'" in problems[1]
+    assert "'FIXME', 'XXX'" in problems[3]
+    assert problems == [p for p in notebook_checks.check_all(nb, 1000) if "placeholder" in p]   # part of check_all
 
 
 def test_streamed_text_is_joined_as_a_live_notebook_shows_it():

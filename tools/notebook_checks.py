@@ -21,6 +21,11 @@ MACHINE_PATH = re.compile(
 )
 # tqdm's text: "training:   0%|          | 0/3000 [00:00<?, ?it/s]"
 PROGRESS = re.compile(r"(\d+)%\|")
+# A template token left in a markdown cell: a line that is nothing but an ALL_CAPS_WORD with underscores
+# ("SELECTION_TABLE", also as "{SELECTION_TABLE}" or "<SELECTION_TABLE>"), or a note to self: TODO, XXX, FIXME.
+# An identifier inside a sentence ("`MAX_LEN` digits") is prose, not a placeholder.
+TEMPLATE_LINE = re.compile(r"^[ \t]*[{<\[]*[A-Z][A-Z0-9]*(?:_[A-Z0-9]+)+[}>\]]*[ \t]*$", re.MULTILINE)
+NOTE_TO_SELF = re.compile(r"\b(?:TODO|XXX|FIXME)\b")
 
 # A cell "draws a figure" when its code, magics translated and comments ignored, calls one of these at run time
 # (calls inside a `def`, `class` or `lambda` are only definitions): pyplot's and Axes' drawing functions
@@ -138,6 +143,19 @@ def check_paths(nb: dict, extra: tuple[str, ...] = ()) -> list[str]:
     return problems
 
 
+def check_placeholders(nb: dict) -> list[str]:
+    """No markdown cell holds a leftover template token or note to self (TEMPLATE_LINE, NOTE_TO_SELF)."""
+    problems = []
+    for i, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        text = source(cell)
+        found = [m.group().strip() for m in TEMPLATE_LINE.finditer(text)] + NOTE_TO_SELF.findall(text)
+        if found:
+            problems.append(f"cell {i}: a placeholder left in the text: {', '.join(map(repr, found))}")
+    return problems
+
+
 def check_size(size: int) -> list[str]:
     """The notebook file is at most MAX_BYTES."""
     return [f"{size / 1e6:.2f} MB, above {MAX_BYTES / 1e6:.0f} MB (smaller or fewer figures)"] if size > MAX_BYTES else []
@@ -146,4 +164,4 @@ def check_size(size: int) -> list[str]:
 def check_all(nb: dict, size: int) -> list[str]:
     """Every check above, in reading order of their importance."""
     return (check_execution(nb) + check_errors(nb) + check_widgets(nb) + check_figures(nb) + check_paths(nb)
-            + check_size(size))
+            + check_placeholders(nb) + check_size(size))

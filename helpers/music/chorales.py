@@ -246,5 +246,6 @@ def plot_piano_roll(steps: torch.Tensor, ax=None, title: str | None = None, spli
     ax.set_ylabel("MIDI pitch")
     if title:
         ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7, ncol=4, loc="upper right", markerscale=2)
+    # outside the axes, right of the roll: inside, it would hide the notes wherever it sat
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.005, 1.0), borderaxespad=0.0, markerscale=2, frameon=False)
     return ax
