@@ -172,6 +172,16 @@ def make_problems(n: int, max_digits: int, *, seed: int = 0, sampling: str = "by
     return found[:n]
 
 
+def held_out_problems(n_test: int, n_val: int, max_digits: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Notebook 04's held-out problems, never trained on: ``test`` (n_test, 2) of 1 to ``max_digits`` digits,
+    ``test_full`` (n_test, 2) of exactly ``max_digits`` digits, and ``val`` (n_val, 2), the problems that
+    model selection reads; the three are disjoint."""
+    test = make_problems(n_test, max_digits, seed=1)
+    test_full = make_problems(n_test, max_digits, seed=2, sampling="exact", exclude=test)
+    val = make_problems(n_val, max_digits, seed=4, exclude=torch.cat([test, test_full]))
+    return test, test_full, val
+
+
 def training_batches(config: ArithmeticConfig, batch_size: int, exclude: torch.Tensor | None = None, seed: int = 0):
     """A callable ``step -> (x, y)``: fresh random problems every step, never one of ``exclude``
     (the held-out test problems). ``y`` is ``x`` shifted by one, with -100 (ignored by the loss)

@@ -73,9 +73,7 @@ def train_arithmetic(hp: dict, steps: int | None, seconds: float | None, procs: 
 
     steps = steps or hp["steps"]
     n = hp["max_digits"]
-    test = ar.make_problems(hp["n_test"], n, seed=1)
-    test_full = ar.make_problems(hp["n_test"], n, seed=2, sampling="exact", exclude=test)
-    val = ar.make_problems(hp["n_val"], n, seed=4, exclude=torch.cat([test, test_full]))  # what selection reads
+    test, test_full, val = ar.held_out_problems(hp["n_test"], hp["n_val"], n)  # val: what selection reads
     held_out = torch.cat([test, test_full, val])
     config = ar.ArithmeticConfig(representation="abacus", op="+", max_digits=n, n_layer=hp["n_layer"],
                                  n_head=hp["n_head"], n_embd=hp["n_embd"], max_place=n + 3)

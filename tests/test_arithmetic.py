@@ -199,3 +199,14 @@ def test_reversed_answers_are_learned_once_the_operands_are_zero_padded():
         fit(model, training_batches(cfg, 128, exclude=test), steps=400, lr=3e-3, progress=False, device="cpu")
         accuracy[zero_pad] = evaluate(model, test)
     assert accuracy[True] > 0.9 and accuracy[False] < accuracy[True] - 0.3, accuracy
+
+
+def test_held_out_problems_are_disjoint_and_as_notebook_04_draws_them():
+    from helpers.arithmetic import _keys, held_out_problems, make_problems
+
+    test, test_full, val = held_out_problems(50, 20, 4)
+    assert test.shape == test_full.shape == (50, 2) and val.shape == (20, 2)
+    assert torch.equal(test, make_problems(50, 4, seed=1))
+    assert (test_full >= 1000).all()  # exactly max_digits digits
+    keys = torch.cat([_keys(test), _keys(test_full), _keys(val)])
+    assert keys.unique().numel() == 120  # 50 + 50 + 20, none shared
