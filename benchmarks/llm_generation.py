@@ -1,11 +1,14 @@
-"""SmolLM2-135M-Instruct generation: our GPT (helpers.generate.stream: key-value cache, DecodeStep) against transformers'
-``generate`` on the same weights, side by side in one run.
+"""SmolLM2-135M-Instruct (or Gemma 3 270M) generation: our GPT (helpers.generate.stream: key-value cache, DecodeStep)
+against transformers' ``generate`` on the same weights, side by side in one run.
 
-    python benchmarks/llm_generation.py [--prompt-tokens 512] [--new-tokens 128] [--repeats 3]
-                                        [--dtypes float32 bfloat16] [--threads N]
+    python benchmarks/llm_generation.py [--model smollm2|gemma3] [--prompt-tokens 512] [--new-tokens 128]
+                                        [--repeats 3] [--dtypes float32 bfloat16] [--threads N]
 
 Greedy decoding of ``--new-tokens`` tokens after a prompt of ``--prompt-tokens`` tokens of Tiny Shakespeare (its
-validation split, as a user message in ChatML). For each dtype both implementations run alternately, ``--repeats``
+validation split; for SmolLM2 as a user message in ChatML, for Gemma 3 270M, a base model, as plain text after
+``<bos>``). Gemma 3 runs through our model's forward (``DecodeStep`` covers the Llama options only), against
+``Gemma3ForCausalLM`` holding the same dequantized weights (:func:`helpers.llm.hf_gemma3`); the weights are
+Google's base ``gemma-3-270m``, under the Gemma terms of use (https://ai.google.dev/gemma/terms). For each dtype both implementations run alternately, ``--repeats``
 times each, and the best run of each counts (the machine may be shared: the load average is printed before and
 after). Reported: the prefill (the prompt in one pass, up to the first new token) in seconds and its model FLOP
 utilisation against benchmarks/peak_matmul.py's peak for that dtype, the decoding rate in new tokens per second
@@ -28,8 +31,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peak_matmul import peak_gflops  # noqa: E402
 
 import helpers  # noqa: E402
+from helpers.gemma import gemma3_weights, load_gemma3  # noqa: E402
 from helpers.generate import stream  # noqa: E402
-from helpers.llm import hf_llama  # noqa: E402
+from helpers.llm import hf_gemma3, hf_llama  # noqa: E402
 from helpers.pretrained import chatml, load_smollm2, smollm2_weights  # noqa: E402
 
 
@@ -48,10 +52,27 @@ def prompt_ids(tokenizer, n_tokens: int) -> list[int]:
     return head + body + tail
 
 
+def gemma_prompt_ids(tokenizer, n_tokens: int) -> list[int]:
+    """``<bos>`` and Tiny Shakespeare's validation text, cut to ``n_tokens`` tokens in all (Gemma 3 270M is a
+    base model: no chat format)."""
+    text = helpers.load_tiny_shakespeare()
+    return [tokenizer.bos_id] + tokenizer.encode(text[int(0.9 * len(text)) :][: 8 * n_tokens])[: n_tokens - 1]
+
+
+def load_pair(model_name: str, dtype: torch.dtype, n_positions: int):
+    """(our model, tokenizer, transformers' model on the same weights) in ``dtype``."""
+    if model_name == "gemma3":
+        model, tokenizer = load_gemma3(device="cpu", dtype=dtype, block_size=n_positions)
+        return model, tokenizer, hf_gemma3(*gemma3_weights(), dtype=dtype)
+    model, tokenizer = load_smollm2(device="cpu", dtype=dtype)
+    state, hf_config, _ = smollm2_weights()
+    return model, tokenizer, hf_llama(state, hf_config, dtype=dtype)
+
+
 def flops_prefill(cfg, n_tokens: int) -> float:
     """Multiply-adds x 2 of a prefill: every weight matrix of the blocks once per token, attention's scores
     and weighted sums (causal: half of T^2 per head), and the output layer for the last position only."""
-    per_layer = cfg.n_embd * (cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim + cfg.n_embd * cfg.n_embd
+    per_layer = cfg.n_embd * (2 * cfg.n_head + 2 * cfg.n_kv_head) * cfg.head_dim  # q, k, v and the output proj.
     per_layer += 3 * cfg.n_embd * cfg.ff_width
     attention = 2 * cfg.n_head * cfg.head_dim * n_tokens * (n_tokens + 1) / 2  # q.k and w.v, causal
     return 2 * (cfg.n_layer * (per_layer * n_tokens + attention) + cfg.vocab_size * cfg.n_embd)
@@ -83,6 +104,7 @@ def run_transformers(reference, ids, n_new):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="smollm2", choices=["smollm2", "gemma3"])
     parser.add_argument("--prompt-tokens", type=int, default=512)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -96,18 +118,19 @@ def main():
 
     rss_start = peak_rss_mb()
     tick = time.perf_counter()
-    model, tokenizer = load_smollm2(device="cpu")
+    n_positions = args.prompt_tokens + args.new_tokens
+    gemma = args.model == "gemma3"
+    model, tokenizer = load_gemma3(device="cpu", block_size=n_positions) if gemma else load_smollm2(device="cpu")
     print(f"our model loaded in {time.perf_counter() - tick:.1f} s; peak memory of the process "
           f"{rss_start:.0f} MB before loading, {peak_rss_mb():.0f} MB after (weights cached for later loads)")
-    state, hf_config, _ = smollm2_weights()
-    ids = prompt_ids(tokenizer, args.prompt_tokens)
+    ids = (gemma_prompt_ids if gemma else prompt_ids)(tokenizer, args.prompt_tokens)
     flops = flops_prefill(model.config, len(ids))
+    del model
 
     summary = []
     for name in args.dtypes:
         dtype = getattr(torch, name)
-        ours_model = model if dtype == torch.float32 else load_smollm2(device="cpu", dtype=dtype)[0]
-        reference = hf_llama(state, hf_config, dtype=dtype)
+        ours_model, _, reference = load_pair(args.model, dtype, n_positions)
         peak = peak_gflops(1024, 3.0, dtype, torch.device("cpu"))
         run_ours(ours_model, ids[:32], 4)  # warm up both
         run_transformers(reference, ids[:32], 4)
@@ -131,7 +154,7 @@ def main():
                        f"prefill {best['ours'][0]:.2f} vs {best['transformers'][0]:.2f} s, "
                        f"{'identical' if same else 'DIFFERENT'} tokens)")
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
-    print(f"llm_generation {len(ids)}+{args.new_tokens} tokens, {torch.get_num_threads()} threads, load {load}: "
+    print(f"llm_generation {args.model} {len(ids)}+{args.new_tokens} tokens, {torch.get_num_threads()} threads, load {load}: "
           + "; ".join(summary))
 
 

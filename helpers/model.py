@@ -7,8 +7,10 @@ so that a task swaps only its input embedding and its output head.
 
 One model, many architectures: the options of :class:`TransformerConfig` (each off by default, so that
 a config without them builds the 2017-2019 transformer the course starts with) make the same code a
-GPT-2, a BERT, the decoder of the original encoder-decoder (``cross_attention``), or a Llama
-(``norm="rmsnorm"``, ``positions="rope"``, ``mlp="swiglu"``, ``n_kv_head`` < ``n_head``, ``bias=False``).
+GPT-2, a BERT, the decoder of the original encoder-decoder (``cross_attention``), a Llama
+(``norm="rmsnorm"``, ``positions="rope"``, ``mlp="swiglu"``, ``n_kv_head`` < ``n_head``, ``bias=False``), or a
+Gemma 3: a Llama plus ``norm="rmsnorm_plus1"``, ``mlp="geglu"``, ``d_head``, ``sliding_window`` with
+``global_every`` and ``rope_theta_local``, ``qk_norm``, ``sandwich_norm``, ``embed_scale`` (and ``attn_scale``).
 """
 
 from __future__ import annotations
@@ -49,12 +51,27 @@ class TransformerConfig:
     mlp: str = "plain"  # "plain": proj(act(fc(x))); "swiglu": proj(silu(gate(x)) * up(x))
     n_kv_head: int | None = None  # grouped-query attention: key/value heads (None: n_head)
     cross_attention: bool = False  # GPT: each block also attends to a memory (encoder-decoder, conditioning)
+    # Gemma 3's options, every one off by default; with norm="rmsnorm_plus1" (gain 1 + w) and mlp="geglu":
+    d_head: int | None = None  # width of a head, if not n_embd / n_head (Gemma 3 270M: 4 heads of 256 in 640)
+    sliding_window: int | None = None  # local layers: a query sees itself and the sliding_window - 1 keys before it
+    global_every: int | None = None  # with sliding_window: layers k-1, 2k-1, ... are global (Gemma 3: k=6); None: none
+    rope_theta_local: float | None = None  # RoPE's base on the local layers (Gemma 3: 10,000; global 1,000,000)
+    qk_norm: bool = False  # a norm over head_dim on every query and key head, before RoPE
+    sandwich_norm: bool = False  # also a norm on the outputs of attention and of the MLP: four norms per block
+    embed_scale: bool = False  # token embeddings times sqrt(n_embd) (the factor rounded to the weights' dtype)
+    attn_scale: float | None = None  # scores times attn_scale ** -0.5 (Gemma's query_pre_attn_scalar); None: head_dim
 
     def __post_init__(self):
-        for name, allowed in (("norm", NORMS), ("positions", ("learned", "rope")), ("mlp", ("plain", "swiglu")),
+        for name, allowed in (("norm", NORMS), ("positions", ("learned", "rope")), ("mlp", MLPS),
                               ("activation", tuple(_ACTIVATIONS))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name}={getattr(self, name)!r}; use one of {', '.join(allowed)}")
+        for name, value in (("sliding_window", self.sliding_window), ("global_every", self.global_every),
+                            ("d_head", self.d_head), ("attn_scale", self.attn_scale)):  # attn_scale: any number > 0
+            if value is not None and (isinstance(value, bool) or not value > 0 or (name != "attn_scale" and value % 1)):
+                raise ValueError(f"{name}={value!r}: a {'number > 0' if name == 'attn_scale' else 'whole number >= 1'}")
+        if self.global_every is not None and self.sliding_window is None:
+            raise ValueError("global_every says which layers are global among sliding-window ones: set sliding_window")
 
     @property
     def ff_width(self) -> int:
@@ -62,7 +79,14 @@ class TransformerConfig:
 
     @property
     def head_dim(self) -> int:
-        return self.n_embd // self.n_head
+        return self.d_head or self.n_embd // self.n_head
+
+    def layer_window(self, layer: int) -> int | None:
+        """The sliding window of block ``layer`` (0-based), or None where it attends to every earlier key:
+        with ``global_every=6``, blocks 5, 11, 17, ... are global (Gemma 3's ``layer_types``)."""
+        if self.sliding_window is None or (self.global_every and (layer + 1) % self.global_every == 0):
+            return None
+        return self.sliding_window
 
 
 _ACTIVATIONS = {  # name -> a function making a fresh module, so no two MLPs share one instance
@@ -70,7 +94,8 @@ _ACTIVATIONS = {  # name -> a function making a fresh module, so no two MLPs sha
     "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
     "relu": nn.ReLU,
 }
-NORMS = ("layernorm", "rmsnorm")
+NORMS = ("layernorm", "rmsnorm", "rmsnorm_plus1")
+MLPS = ("plain", "swiglu", "geglu")
 
 
 class RMSNorm(nn.RMSNorm):
@@ -83,11 +108,29 @@ class RMSNorm(nn.RMSNorm):
         return self.weight * F.rms_norm(x.float(), self.normalized_shape, eps=self.eps).to(x.dtype)
 
 
-def make_norm(cfg: TransformerConfig) -> nn.Module:
-    """LayerNorm (centre, scale, shift) or RMSNorm (scale by the root mean square only, as Llama)."""
-    if cfg.norm == "rmsnorm":
-        return RMSNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
-    return nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
+class RMSNormPlus1(nn.Module):
+    """Gemma's RMSNorm: the gain is ``1 + w``, with ``w`` stored starting at zero (so weight decay pulls the gain
+    towards 1, not 0), computed as Gemma does: normalised and scaled in float32, then rounded to the input's dtype.
+    Hugging Face's Gemma checkpoints store ``w``; llama.cpp's converter adds the 1 before writing a GGUF file, so
+    GGUF norms hold ``1 + w`` (``transformers`` subtracts 1 again when it reads one)."""
+
+    def __init__(self, dim: int, eps: float = 1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.zeros(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
+        return (h * (1.0 + self.weight.float())).to(x.dtype)
+
+
+def make_norm(cfg: TransformerConfig, dim: int | None = None) -> nn.Module:
+    """LayerNorm (centre, scale, shift), RMSNorm (scale by the root mean square only, as Llama) or Gemma's
+    RMSNorm with the gain ``1 + w``, over ``dim`` features (default ``n_embd``)."""
+    dim = dim or cfg.n_embd
+    if cfg.norm in ("rmsnorm", "rmsnorm_plus1"):
+        return (RMSNorm if cfg.norm == "rmsnorm" else RMSNormPlus1)(dim, eps=cfg.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps, bias=cfg.bias)
 
 
 def transformer_config(topic_config, **overrides) -> TransformerConfig:
@@ -109,13 +152,17 @@ class MLP(nn.Module):
 
     ``mlp="swiglu"`` (Shazeer 2020; Llama): two widening maps, one through SiLU gating the other,
     ``proj(silu(x W_gate) * x W_up)``; ``fc`` holds both matrices stacked (gate first), one multiply.
+    ``mlp="geglu"`` (Gemma): the same with GELU's tanh approximation as the gate's non-linearity.
     """
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
-        self.gated = cfg.mlp == "swiglu"
+        self.gated = cfg.mlp in ("swiglu", "geglu")
         self.fc = nn.Linear(cfg.n_embd, cfg.ff_width * (2 if self.gated else 1), bias=cfg.bias)
-        self.act = nn.SiLU() if self.gated else _ACTIVATIONS[cfg.activation]()
+        if cfg.mlp == "geglu":
+            self.act = nn.GELU(approximate="tanh")
+        else:
+            self.act = nn.SiLU() if self.gated else _ACTIVATIONS[cfg.activation]()
         self.proj = ResidualProjection(cfg.ff_width, cfg.n_embd, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
@@ -129,19 +176,31 @@ class MLP(nn.Module):
 
 class Block(nn.Module):
     """Attention then MLP, each wrapped in a residual connection and a norm; with ``cross_attention``,
-    cross-attention to a memory between them (the decoder block of the 2017 Transformer)."""
+    cross-attention to a memory between them (the decoder block of the 2017 Transformer).
+
+    ``sandwich_norm`` (Gemma 2 and 3): the outputs of attention and of the MLP are normalised too before they are
+    added to the residual stream, ``x + post_attn_norm(attn(ln1(x)))``: four norms per block."""
 
     def __init__(self, cfg: TransformerConfig, layer: int = 0, cross_attention: bool = False):
         super().__init__()
         self.norm_first = cfg.norm_first
+        if cfg.sandwich_norm and not cfg.norm_first:
+            raise ValueError("sandwich_norm adds norms after attention and the MLP of pre-norm blocks: norm_first=True")
+        self.window = cfg.layer_window(layer)
         self.ln1 = make_norm(cfg)
         self.attn = MultiHeadAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, layer=layer,
-                                       n_kv_head=cfg.n_kv_head)
+                                       n_kv_head=cfg.n_kv_head, head_dim=cfg.d_head, window=self.window,
+                                       qk_norm=(lambda dim: make_norm(cfg, dim)) if cfg.qk_norm else None,
+                                       scale=None if cfg.attn_scale is None else cfg.attn_scale ** -0.5)
+        if cfg.sandwich_norm:
+            self.post_attn_norm = make_norm(cfg)
         if cross_attention:
             self.ln_cross = make_norm(cfg)
             self.cross = CrossAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, layer=layer)
         self.ln2 = make_norm(cfg)
         self.mlp = MLP(cfg)
+        if cfg.sandwich_norm:
+            self.post_mlp_norm = make_norm(cfg)
 
     def forward(self, x, *, causal=False, padding_mask=None, cache=None, rope=None, memory=None, memory_mask=None):
         def attn(h):
@@ -153,6 +212,11 @@ class Block(nn.Module):
         has_cross = hasattr(self, "cross")
         if has_cross and memory is None and (cache is None or cache.memory[self.attn.layer] is None):
             raise ValueError("this block attends to a memory: pass memory=(B, S, C)")
+        if hasattr(self, "post_attn_norm"):  # Gemma: norm before and after each of attention and the MLP
+            x = x + self.post_attn_norm(attn(self.ln1(x)))
+            if has_cross:
+                x = x + cross(self.ln_cross(x))
+            return x + self.post_mlp_norm(self.mlp(self.ln2(x)))
         if self.norm_first:  # x + f(norm(x)): the residual stream is never normalised
             x = x + attn(self.ln1(x))
             if has_cross:
@@ -191,6 +255,10 @@ class _Transformer(nn.Module):
             cos, sin = rope_angles(cfg.head_dim, n_positions, cfg.rope_theta)
             self.register_buffer("rope_cos", cos, persistent=False)
             self.register_buffer("rope_sin", sin, persistent=False)
+            if cfg.rope_theta_local is not None:  # another base for the sliding-window layers (Gemma 3)
+                cos, sin = rope_angles(cfg.head_dim, n_positions, cfg.rope_theta_local)
+                self.register_buffer("rope_cos_local", cos, persistent=False)
+                self.register_buffer("rope_sin_local", sin, persistent=False)
         self.drop = nn.Dropout(cfg.dropout)
         self.blocks = nn.ModuleList(Block(cfg, layer=i, cross_attention=cross_attention) for i in range(cfg.n_layer))
 
@@ -202,7 +270,10 @@ class _Transformer(nn.Module):
             return x
         if self.wte is None:
             raise ValueError("this model has no token embedding (vocab_size=None): pass float embeddings")
-        return self.wte(x)
+        h = self.wte(x)
+        if self.config.embed_scale:  # Gemma: the factor rounded to the weights' dtype first (bfloat16: 25.25 for 25.30)
+            h = h * torch.tensor(self.config.n_embd**0.5, dtype=h.dtype)
+        return h
 
     def add_positions(self, h: torch.Tensor, start: int = 0):
         """The embeddings plus their learned positions, and the rotary angles for attention (or None):
@@ -211,6 +282,13 @@ class _Transformer(nn.Module):
         if self.wpe is not None:
             return h + self.wpe(torch.arange(start, start + T, device=h.device)), None
         return h, (self.rope_cos[start : start + T], self.rope_sin[start : start + T])
+
+    def block_ropes(self, rope, start: int, T: int) -> list:
+        """Each block's rotary angles: ``rope``, or those of ``rope_theta_local`` on the sliding-window blocks."""
+        if rope is None or self.config.rope_theta_local is None:
+            return [rope] * len(self.blocks)
+        local = (self.rope_cos_local[start : start + T], self.rope_sin_local[start : start + T])
+        return [rope if block.window is None else local for block in self.blocks]
 
     def num_parameters(self, trainable_only: bool = True) -> int:
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
@@ -247,8 +325,8 @@ class GPT(_Transformer):
             raise ValueError(f"sequence of {start + T} positions is longer than block_size={self.config.block_size}")
         h, rope = self.add_positions(h, start)
         h = self.drop(h)
-        for block in self.blocks:
-            h = block(h, causal=True, padding_mask=padding_mask, cache=cache, rope=rope, memory=memory,
+        for block, block_rope in zip(self.blocks, self.block_ropes(rope, start, T), strict=True):
+            h = block(h, causal=True, padding_mask=padding_mask, cache=cache, rope=block_rope, memory=memory,
                       memory_mask=memory_mask)
         if cache is not None:
             cache.length += T
@@ -275,6 +353,8 @@ class Encoder(_Transformer):
     """
 
     def __init__(self, cfg: TransformerConfig):
+        if cfg.sliding_window is not None:
+            raise ValueError("sliding_window cuts a causal mask; an Encoder's attention is not causal")
         super().__init__(cfg, cfg.block_size + int(cfg.cls_token))
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.n_embd)) if cfg.cls_token else None
         self.wtt = nn.Embedding(cfg.type_vocab_size, cfg.n_embd) if cfg.type_vocab_size else None

@@ -8,6 +8,7 @@
 * Any Llama (Hugging Face ``LlamaForCausalLM`` names and layout): :func:`llama_config` and
   :func:`llama_to_gpt` make it our :class:`~helpers.model.GPT` with RMSNorm, RoPE, SwiGLU and grouped-query
   attention.
+* Gemma 3: in :mod:`helpers.gemma`.
 """
 
 from __future__ import annotations
@@ -327,3 +328,4 @@ def load_smollm2(device=None, dtype: torch.dtype = torch.float32):
     cos, sin = rope_angles(cfg.head_dim, cfg.block_size, cfg.rope_theta, device=model.wte.weight.device)
     model.rope_cos, model.rope_sin = cos.to(dtype), sin.to(dtype)  # buffers left empty by to_empty
     return model.eval(), tokenizer
+
