@@ -49,6 +49,9 @@ class TransformerConfig:
     mlp: str = "plain"  # "plain": proj(act(fc(x))); "swiglu": proj(silu(gate(x)) * up(x))
     n_kv_head: int | None = None  # grouped-query attention: key/value heads (None: n_head)
     cross_attention: bool = False  # GPT: each block also attends to a memory (encoder-decoder, conditioning)
+    # adaLN-Zero (DiT, Peebles & Xie 2022): each block's norms lose their gain and bias, and a vector `cond`
+    # (B, C) sets a shift, a scale and a gate for attention and for the MLP; the gates start at zero
+    adaln: bool = False
 
     def __post_init__(self):
         for name, allowed in (("norm", NORMS), ("positions", ("learned", "rope")), ("mlp", ("plain", "swiglu")),
@@ -84,7 +87,10 @@ class RMSNorm(nn.RMSNorm):
 
 
 def make_norm(cfg: TransformerConfig) -> nn.Module:
-    """LayerNorm (centre, scale, shift) or RMSNorm (scale by the root mean square only, as Llama)."""
+    """LayerNorm (centre, scale, shift) or RMSNorm (scale by the root mean square only, as Llama). With
+    ``adaln`` a LayerNorm without parameters: the conditioning vector supplies the scale and the shift."""
+    if cfg.adaln:
+        return nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, elementwise_affine=False)
     if cfg.norm == "rmsnorm":
         return RMSNorm(cfg.n_embd, eps=cfg.layer_norm_eps)
     return nn.LayerNorm(cfg.n_embd, eps=cfg.layer_norm_eps, bias=cfg.bias)
@@ -127,9 +133,24 @@ class MLP(nn.Module):
         return self.dropout(self.proj(self.act(h)))
 
 
+class ZeroLinear(nn.Linear):
+    """A ``Linear`` that :func:`init_weights` initialises to zero: adaLN-Zero's map from the conditioning vector
+    to shifts, scales and gates (every gate starts closed, so every block starts as the identity), and its
+    final layer (the model starts by predicting zeros)."""
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x (B, T, C) normalised, shift and scale (B, C): ``x * (1 + scale) + shift`` at every position."""
+    return x * (1 + scale[:, None]) + shift[:, None]
+
+
 class Block(nn.Module):
     """Attention then MLP, each wrapped in a residual connection and a norm; with ``cross_attention``,
-    cross-attention to a memory between them (the decoder block of the 2017 Transformer)."""
+    cross-attention to a memory between them (the decoder block of the 2017 Transformer).
+
+    With ``adaln`` (adaLN-Zero, pre-norm only) ``forward`` takes ``cond`` (B, C) and computes
+    ``x + gate_a * attn(modulate(norm(x), shift_a, scale_a))``, then the same for the MLP; the six
+    vectors come from ``ada(silu(cond))`` in the order shift, scale, gate (attention), shift, scale, gate (MLP)."""
 
     def __init__(self, cfg: TransformerConfig, layer: int = 0, cross_attention: bool = False):
         super().__init__()
@@ -142,10 +163,22 @@ class Block(nn.Module):
             self.cross = CrossAttention(cfg.n_embd, cfg.n_head, cfg.dropout, cfg.bias, layer=layer)
         self.ln2 = make_norm(cfg)
         self.mlp = MLP(cfg)
+        if cfg.adaln:
+            if not cfg.norm_first or cross_attention:
+                raise ValueError("adaln needs pre-norm blocks (norm_first=True) without cross-attention")
+            self.ada = nn.Sequential(nn.SiLU(), ZeroLinear(cfg.n_embd, 6 * cfg.n_embd))
 
-    def forward(self, x, *, causal=False, padding_mask=None, cache=None, rope=None, memory=None, memory_mask=None):
+    def forward(self, x, *, causal=False, padding_mask=None, cache=None, rope=None, memory=None, memory_mask=None,
+                cond=None):
         def attn(h):
             return self.attn(h, causal=causal, padding_mask=padding_mask, cache=cache, rope=rope)
+
+        if hasattr(self, "ada"):  # adaLN-Zero: the condition (B, C) shifts, scales and gates both branches
+            if cond is None:
+                raise ValueError("this block is conditioned (adaln=True): pass cond=(B, C)")
+            shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.ada(cond).chunk(6, dim=-1)  # (B, C) each
+            x = x + gate_a[:, None] * attn(modulate(self.ln1(x), shift_a, scale_a))
+            return x + gate_m[:, None] * self.mlp(modulate(self.ln2(x), shift_m, scale_m))
 
         def cross(h):
             return self.cross(h, memory, memory_mask=memory_mask, cache=cache)
@@ -164,13 +197,30 @@ class Block(nn.Module):
         return self.ln2(x + self.mlp(x))
 
 
+class AdaLNFinal(nn.Module):
+    """adaLN-Zero's output layer: the (normalised) states (B, T, C) shifted and scaled by the condition
+    (B, C), then mapped to ``n_out`` per position; both maps start at zero, so the output starts at zero."""
+
+    def __init__(self, cfg: TransformerConfig, n_out: int):
+        super().__init__()
+        self.ada = nn.Sequential(nn.SiLU(), ZeroLinear(cfg.n_embd, 2 * cfg.n_embd))
+        self.out = ZeroLinear(cfg.n_embd, n_out)
+
+    def forward(self, h: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+        shift, scale = self.ada(cond).chunk(2, dim=-1)  # (B, C) each
+        return self.out(modulate(h, shift, scale))  # (B, T, n_out)
+
+
 def init_weights(model: nn.Module, n_layer: int):
     """GPT-2's initialisation, by module type: every ``Linear`` and ``Embedding`` weight from N(0, 0.02),
     biases zero, norms left at (1, 0). The projections that write into the residual stream (the output
     layers of attention and of the MLP) are scaled by 1/sqrt(2 * n_layer), so the stream's variance
     does not grow with depth. Modules are visited in the order of ``model.modules()``."""
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, ZeroLinear):  # adaLN-Zero: gates closed, every block the identity
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
             std = 0.02 / math.sqrt(2 * n_layer) if isinstance(module, ResidualProjection) else 0.02
             nn.init.normal_(module.weight, 0.0, std)
             if module.bias is not None:
@@ -286,11 +336,12 @@ class Encoder(_Transformer):
             nn.init.normal_(self.cls, 0.0, 0.02)
         init_weights(self, cfg.n_layer)
 
-    def forward(self, x, *, padding_mask=None, token_type_ids=None):
+    def forward(self, x, *, padding_mask=None, token_type_ids=None, cond=None):
         """x: ids (B, T) or embeddings (B, T, C) -> hidden states (B, T', C), T' = T + 1 with a class token
         (its state first).
 
         padding_mask: (B, T) bool, True for real positions; the class token is always real.
+        cond: (B, C), the conditioning vector of adaLN-Zero blocks (``adaln=True``), e.g. a DiT's time and class.
         """
         h = self.embed(x)
         B, T, _ = h.shape
@@ -308,7 +359,7 @@ class Encoder(_Transformer):
             h = self.embed_ln(h)
         h = self.drop(h)
         for block in self.blocks:
-            h = block(h, causal=False, padding_mask=padding_mask, rope=rope)
+            h = block(h, causal=False, padding_mask=padding_mask, rope=rope, cond=cond)
         return self.ln_f(h)
 
     def pool(self, states: torch.Tensor) -> torch.Tensor:
