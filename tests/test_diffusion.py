@@ -208,7 +208,7 @@ def test_ema_averages_the_weights():
             p.add_(1.0)
     before = [p.clone() for p in ema.model.parameters()]
     ema.update(model)  # the first update averages with weight min(0.5, 1 / 10) on the old weights
-    for avg, old, new in zip(ema.model.parameters(), before, model.parameters()):
+    for avg, old, new in zip(ema.model.parameters(), before, model.parameters(), strict=True):
         assert_close(avg, 0.1 * old + 0.9 * new)
 
 
@@ -236,3 +236,28 @@ def test_bad_inputs_are_clear_errors():
         model.sample(n=1, method="euler")
     with pytest.raises(ValueError, match="patch_size=5 does not divide image_size=28"):
         D.DiTConfig(patch_size=5)
+
+
+
+def test_frechet_distance_matches_the_formula_with_scipys_matrix_root():
+    linalg = pytest.importorskip("scipy.linalg")
+    x = torch.randn(500, 4, dtype=torch.float64)
+    assert abs(D.frechet_distance(x, x)) < 1e-9
+    y = torch.randn(800, 4, dtype=torch.float64) @ torch.randn(4, 4, dtype=torch.float64) + 1  # correlated
+    s_x, s_y = torch.cov(x.T).numpy(), torch.cov(y.T).numpy()
+    expected = ((x.mean(0) - y.mean(0)) ** 2).sum().item() + (s_x + s_y - 2 * linalg.sqrtm(s_x @ s_y).real).trace()
+    assert abs(D.frechet_distance(x, y) - expected) < 1e-8
+
+
+def test_min_snr_weights_each_images_error_by_min_snr_over_snr():
+    plain, weighted = tiny(class_dropout=0.0), tiny(class_dropout=0.0, min_snr=5.0)
+    weighted.load_state_dict(trained_a_little(plain).state_dict())
+    images, labels = torch.rand(6, 1, 28, 28), torch.arange(6)
+    gen = torch.Generator().manual_seed(0)
+    t = torch.randint(0, 100, (6,), generator=gen)
+    noise = torch.randn(6, 1, 28, 28, generator=gen)
+    error = (plain(D.q_sample(images * 2 - 1, t, noise, plain.abar), t, labels) - noise).square().flatten(1).mean(1)
+    snr = plain.abar[t] / (1 - plain.abar[t])
+    assert_close(weighted.loss(images, labels, generator=torch.Generator().manual_seed(0)),
+                 (error * snr.clamp(max=5.0) / snr).mean())
+    assert_close(plain.loss(images, labels, generator=torch.Generator().manual_seed(0)), error.mean())

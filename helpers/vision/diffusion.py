@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from ..config import draw
@@ -134,6 +133,15 @@ def timestep_embedding(t: torch.Tensor, dim: int, flip_sin_to_cos: bool = True, 
     return torch.cat([cos, sin] if flip_sin_to_cos else [sin, cos], dim=-1)
 
 
+def sincos_2d(side: int, dim: int) -> torch.Tensor:
+    """DiT's fixed positions for a side x side grid of patches in raster order, (side * side, dim): half the
+    channels are sinusoids of the row, half of the column (:func:`timestep_embedding` of each, sines first)."""
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    def one(pos):
+        return timestep_embedding(pos.flatten(), dim // 2, flip_sin_to_cos=False, downscale_freq_shift=0)
+    return torch.cat([one(rows), one(cols)], dim=1)
+
+
 # --------------------------------------------------------------------------- the model
 
 
@@ -151,6 +159,9 @@ class DiTConfig:
     schedule: str = "cosine"
     train_steps: int = 1000  # T, the steps of the forward process
     class_dropout: float = 0.1  # share of training labels replaced by "any class", for guidance
+    # Min-SNR-gamma weighting (Hang et al. 2023): each step's loss weighted by min(SNR_t, gamma) / SNR_t, so the
+    # easy low-noise steps do not dominate the gradient; None: the plain, unweighted loss (Ho et al. 2020)
+    min_snr: float | None = None
 
     def __post_init__(self):
         if self.schedule not in SCHEDULES:
@@ -190,6 +201,11 @@ class DiT(nn.Module):
         self.encoder = Encoder(tcfg)
         self.final = AdaLNFinal(tcfg, cfg.patch_dim)
         init_weights(self, cfg.n_layer)  # N(0, 0.02) everywhere, the adaLN-Zero maps zero
+        # as DiT: the patch embedding Xavier-uniform, the (learned) positions start as 2-D sinusoids
+        nn.init.xavier_uniform_(self.embed.weight)
+        side = cfg.image_size // cfg.patch_size
+        with torch.no_grad():
+            self.encoder.wpe.weight.copy_(sincos_2d(side, cfg.n_embd))
         self.register_buffer("abar", alphas_cumprod(make_betas(cfg.schedule, cfg.train_steps)), persistent=False)
 
     def _labels(self, labels, batch: int, device) -> torch.Tensor:
@@ -226,7 +242,7 @@ class DiT(nn.Module):
         return unpatchify(self.final(h, c), cfg.patch_size, cfg.image_size, cfg.channels)
 
     def loss(self, images: torch.Tensor, labels=None, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The noise-prediction loss ||eps - eps_theta(x_t, t, y)||^2 per pixel, on images (B, C, H, W) in [0, 1]
+        """The noise-prediction loss ||eps - eps_theta(x_t, t, y)||^2 per pixel (weighted by ``min_snr``), on images (B, C, H, W) in [0, 1]
         (scaled here to [-1, 1]), a uniform random step each, and in training a share ``class_dropout`` of the
         labels replaced by "any class". The images and labels may be on the CPU."""
         cfg = self.config
@@ -239,14 +255,20 @@ class DiT(nn.Module):
         if self.training and cfg.class_dropout:
             drop = draw(torch.rand, (B,), generator=generator, device=device) < cfg.class_dropout
             labels = torch.where(drop, cfg.n_classes, labels)
-        return F.mse_loss(self(q_sample(x0, t, noise, self.abar), t, labels), noise)
+        error = (self(q_sample(x0, t, noise, self.abar), t, labels) - noise).square().flatten(1).mean(1)  # (B,)
+        if cfg.min_snr:
+            snr = self.abar[t] / (1 - self.abar[t])
+            error = error * snr.clamp(max=cfg.min_snr) / snr
+        return error.mean()
 
     def guided_eps(self, x_t: torch.Tensor, t: int, labels, guidance: float | None) -> torch.Tensor:
         """The noise prediction at step t; with ``guidance`` s (and labels) the conditional and unconditional
         predictions in one batch of 2B, mixed by :func:`guide`."""
         tt = torch.full((len(x_t),), int(t), device=x_t.device)
-        if guidance is None or labels is None:
+        if guidance is None or labels is None or guidance == 1:  # the conditional model alone
             return self(x_t, tt, labels)
+        if guidance == 0:  # the unconditional model alone
+            return self(x_t, tt, None)
         labels = self._labels(labels, len(x_t), x_t.device)
         both = self(torch.cat([x_t, x_t]), torch.cat([tt, tt]), torch.cat([labels, torch.full_like(labels, self.config.n_classes)]))
         cond, uncond = both.chunk(2)
@@ -305,6 +327,20 @@ class EMA:
     @torch.no_grad()
     def update(self, model: nn.Module):
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for avg, w in zip(self.model.parameters(), model.parameters()):
+        for avg, w in zip(self.model.parameters(), model.parameters(), strict=True):
             avg.lerp_(w.detach(), 1 - d)
         self.updates += 1
+
+
+def frechet_distance(a: torch.Tensor, b: torch.Tensor) -> float:
+    """The Fréchet distance between Gaussians fitted to two sets of features (N, D) and (M, D):
+    ``|mu_a - mu_b|^2 + tr(S_a + S_b - 2 (S_a S_b)^(1/2))``, in float64. With Inception-v3's features this is
+    the FID; notebook 12 uses the MNIST judge's penultimate layer, a different (and smaller) scale."""
+    a, b = a.double().cpu(), b.double().cpu()
+    mu_a, mu_b = a.mean(0), b.mean(0)
+    s_a, s_b = torch.cov(a.T), torch.cov(b.T)
+    vals, vecs = torch.linalg.eigh(s_a)
+    root_a = vecs @ vals.clamp(min=0).sqrt().diag() @ vecs.T  # S_a^(1/2)
+    # tr (S_a S_b)^(1/2) = tr (S_a^(1/2) S_b S_a^(1/2))^(1/2): the eigenvalues of a symmetric matrix
+    cross = torch.linalg.eigvalsh(root_a @ s_b @ root_a).clamp(min=0).sqrt().sum()
+    return float((mu_a - mu_b).square().sum() + s_a.trace() + s_b.trace() - 2 * cross)
