@@ -3,8 +3,8 @@
 * ground: :mod:`distributed` (torchrun), :mod:`config` (profiles, device, seeds), :mod:`files` (atomic
   writes), :mod:`data` (registry, cache, mirror, loaders), :mod:`recipes` (every notebook's
   hyper-parameters), :mod:`plotting`;
-* core: :mod:`attention`, :mod:`model`, then what works on a model: :mod:`generate`, :mod:`train`,
-  :mod:`checkpoint`, :mod:`gguf`, :mod:`pretrained` and :mod:`gemma` (weights from elsewhere);
+* core: :mod:`attention`, :mod:`layers` (norms, MLP, adaLN), :mod:`model`, then what works on a model:
+  :mod:`generate`, :mod:`train`, :mod:`checkpoint`, :mod:`gguf`, :mod:`pretrained` and :mod:`gemma` (weights from elsewhere);
 * topics, one per notebook topic: :mod:`text`, :mod:`arithmetic`, :mod:`vision`, :mod:`audio`,
   :mod:`music`, :mod:`rag`;
 * entry points: :mod:`train_cli` (and the scripts in ``benchmarks/``).

@@ -24,6 +24,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from .attention import CrossAttention, KVCache, MultiHeadAttention, ResidualProjection, rope_angles
+from .layers import (  # noqa: F401 (RMSNorm, RMSNormPlus1: re-exported)
+    _ACTIVATIONS,
+    MLP,
+    MLPS,
+    NORMS,
+    AdaLNFinal,
+    RMSNorm,
+    RMSNormPlus1,
+    ZeroLinear,
+    make_norm,
+    modulate,
+)
 
 
 @dataclass
@@ -60,6 +72,9 @@ class TransformerConfig:
     sandwich_norm: bool = False  # also a norm on the outputs of attention and of the MLP: four norms per block
     embed_scale: bool = False  # token embeddings times sqrt(n_embd) (the factor rounded to the weights' dtype)
     attn_scale: float | None = None  # scores times attn_scale ** -0.5 (Gemma's query_pre_attn_scalar); None: head_dim
+    # adaLN-Zero (DiT, Peebles & Xie 2022): each block's norms lose their gain and bias, and a vector `cond`
+    # (B, C) sets a shift, a scale and a gate for attention and for the MLP; the gates start at zero
+    adaln: bool = False
 
     def __post_init__(self):
         for name, allowed in (("norm", NORMS), ("positions", ("learned", "rope")), ("mlp", MLPS),
@@ -89,50 +104,6 @@ class TransformerConfig:
         return self.sliding_window
 
 
-_ACTIVATIONS = {  # name -> a function making a fresh module, so no two MLPs share one instance
-    "gelu": nn.GELU,
-    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),
-    "relu": nn.ReLU,
-}
-NORMS = ("layernorm", "rmsnorm", "rmsnorm_plus1")
-MLPS = ("plain", "swiglu", "geglu")
-
-
-class RMSNorm(nn.RMSNorm):
-    """``torch.nn.RMSNorm`` computed in Llama's order: normalised in float32, rounded to the input's dtype, then
-    scaled by the gain. In float32 that is exactly ``nn.RMSNorm``; in bfloat16 the two roundings differ, and this
-    order is Meta's and Hugging Face's, so that our Llama gives their tokens in bfloat16 too."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # F.rms_norm without a gain is h * rsqrt(mean(h^2) + eps), in fewer operations than written out
-        return self.weight * F.rms_norm(x.float(), self.normalized_shape, eps=self.eps).to(x.dtype)
-
-
-class RMSNormPlus1(nn.Module):
-    """Gemma's RMSNorm: the gain is ``1 + w``, with ``w`` stored starting at zero (so weight decay pulls the gain
-    towards 1, not 0), computed as Gemma does: normalised and scaled in float32, then rounded to the input's dtype.
-    Hugging Face's Gemma checkpoints store ``w``; llama.cpp's converter adds the 1 before writing a GGUF file, so
-    GGUF norms hold ``1 + w`` (``transformers`` subtracts 1 again when it reads one)."""
-
-    def __init__(self, dim: int, eps: float = 1e-6):
-        super().__init__()
-        self.eps = eps
-        self.weight = nn.Parameter(torch.zeros(dim))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + self.eps)
-        return (h * (1.0 + self.weight.float())).to(x.dtype)
-
-
-def make_norm(cfg: TransformerConfig, dim: int | None = None) -> nn.Module:
-    """LayerNorm (centre, scale, shift), RMSNorm (scale by the root mean square only, as Llama) or Gemma's
-    RMSNorm with the gain ``1 + w``, over ``dim`` features (default ``n_embd``)."""
-    dim = dim or cfg.n_embd
-    if cfg.norm in ("rmsnorm", "rmsnorm_plus1"):
-        return (RMSNorm if cfg.norm == "rmsnorm" else RMSNormPlus1)(dim, eps=cfg.layer_norm_eps)
-    return nn.LayerNorm(dim, eps=cfg.layer_norm_eps, bias=cfg.bias)
-
-
 def transformer_config(topic_config, **overrides) -> TransformerConfig:
     """A :class:`TransformerConfig` from a topic model's config: every field the two share by name
     (``n_layer``, ``n_head``, ``n_embd``, ``dropout``, ...) is copied, then ``overrides`` are applied.
@@ -147,39 +118,16 @@ def transformer_config(topic_config, **overrides) -> TransformerConfig:
     return TransformerConfig(**{**shared, **overrides})
 
 
-class MLP(nn.Module):
-    """Position-wise feed-forward network: widen, non-linearity, project back.
-
-    ``mlp="swiglu"`` (Shazeer 2020; Llama): two widening maps, one through SiLU gating the other,
-    ``proj(silu(x W_gate) * x W_up)``; ``fc`` holds both matrices stacked (gate first), one multiply.
-    ``mlp="geglu"`` (Gemma): the same with GELU's tanh approximation as the gate's non-linearity.
-    """
-
-    def __init__(self, cfg: TransformerConfig):
-        super().__init__()
-        self.gated = cfg.mlp in ("swiglu", "geglu")
-        self.fc = nn.Linear(cfg.n_embd, cfg.ff_width * (2 if self.gated else 1), bias=cfg.bias)
-        if cfg.mlp == "geglu":
-            self.act = nn.GELU(approximate="tanh")
-        else:
-            self.act = nn.SiLU() if self.gated else _ACTIVATIONS[cfg.activation]()
-        self.proj = ResidualProjection(cfg.ff_width, cfg.n_embd, bias=cfg.bias)
-        self.dropout = nn.Dropout(cfg.dropout)
-
-    def forward(self, x):
-        h = self.fc(x)
-        if self.gated:
-            gate, up = h.chunk(2, dim=-1)
-            return self.dropout(self.proj(self.act(gate) * up))
-        return self.dropout(self.proj(self.act(h)))
-
-
 class Block(nn.Module):
     """Attention then MLP, each wrapped in a residual connection and a norm; with ``cross_attention``,
     cross-attention to a memory between them (the decoder block of the 2017 Transformer).
 
     ``sandwich_norm`` (Gemma 2 and 3): the outputs of attention and of the MLP are normalised too before they are
-    added to the residual stream, ``x + post_attn_norm(attn(ln1(x)))``: four norms per block."""
+    added to the residual stream, ``x + post_attn_norm(attn(ln1(x)))``: four norms per block.
+
+    With ``adaln`` (adaLN-Zero, pre-norm only) ``forward`` takes ``cond`` (B, C) and computes
+    ``x + gate_a * attn(modulate(norm(x), shift_a, scale_a))``, then the same for the MLP; the six
+    vectors come from ``ada(silu(cond))`` in the order shift, scale, gate (attention), shift, scale, gate (MLP)."""
 
     def __init__(self, cfg: TransformerConfig, layer: int = 0, cross_attention: bool = False):
         super().__init__()
@@ -201,10 +149,22 @@ class Block(nn.Module):
         self.mlp = MLP(cfg)
         if cfg.sandwich_norm:
             self.post_mlp_norm = make_norm(cfg)
+        if cfg.adaln:
+            if not cfg.norm_first or cross_attention:
+                raise ValueError("adaln needs pre-norm blocks (norm_first=True) without cross-attention")
+            self.ada = nn.Sequential(nn.SiLU(), ZeroLinear(cfg.n_embd, 6 * cfg.n_embd))
 
-    def forward(self, x, *, causal=False, padding_mask=None, cache=None, rope=None, memory=None, memory_mask=None):
+    def forward(self, x, *, causal=False, padding_mask=None, cache=None, rope=None, memory=None, memory_mask=None,
+                cond=None):
         def attn(h):
             return self.attn(h, causal=causal, padding_mask=padding_mask, cache=cache, rope=rope)
+
+        if hasattr(self, "ada"):  # adaLN-Zero: the condition (B, C) shifts, scales and gates both branches
+            if cond is None:
+                raise ValueError("this block is conditioned (adaln=True): pass cond=(B, C)")
+            shift_a, scale_a, gate_a, shift_m, scale_m, gate_m = self.ada(cond).chunk(6, dim=-1)  # (B, C) each
+            x = x + gate_a[:, None] * attn(modulate(self.ln1(x), shift_a, scale_a))
+            return x + gate_m[:, None] * self.mlp(modulate(self.ln2(x), shift_m, scale_m))
 
         def cross(h):
             return self.cross(h, memory, memory_mask=memory_mask, cache=cache)
@@ -234,7 +194,10 @@ def init_weights(model: nn.Module, n_layer: int):
     layers of attention and of the MLP) are scaled by 1/sqrt(2 * n_layer), so the stream's variance
     does not grow with depth. Modules are visited in the order of ``model.modules()``."""
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, ZeroLinear):  # adaLN-Zero: gates closed, every block the identity
+            nn.init.zeros_(module.weight)
+            nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.Linear):
             std = 0.02 / math.sqrt(2 * n_layer) if isinstance(module, ResidualProjection) else 0.02
             nn.init.normal_(module.weight, 0.0, std)
             if module.bias is not None:
@@ -366,11 +329,12 @@ class Encoder(_Transformer):
             nn.init.normal_(self.cls, 0.0, 0.02)
         init_weights(self, cfg.n_layer)
 
-    def forward(self, x, *, padding_mask=None, token_type_ids=None):
+    def forward(self, x, *, padding_mask=None, token_type_ids=None, cond=None):
         """x: ids (B, T) or embeddings (B, T, C) -> hidden states (B, T', C), T' = T + 1 with a class token
         (its state first).
 
         padding_mask: (B, T) bool, True for real positions; the class token is always real.
+        cond: (B, C), the conditioning vector of adaLN-Zero blocks (``adaln=True``), e.g. a DiT's time and class.
         """
         h = self.embed(x)
         B, T, _ = h.shape
@@ -388,7 +352,7 @@ class Encoder(_Transformer):
             h = self.embed_ln(h)
         h = self.drop(h)
         for block in self.blocks:
-            h = block(h, causal=False, padding_mask=padding_mask, rope=rope)
+            h = block(h, causal=False, padding_mask=padding_mask, rope=rope, cond=cond)
         return self.ln_f(h)
 
     def pool(self, states: torch.Tensor) -> torch.Tensor:

@@ -12,7 +12,7 @@ HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 # other topic module.
 LAYERS = {
     "ground": ["distributed", "config", "files", "data", "recipes", "plotting"],
-    "core": ["attention", "model", "lora", "generate", "seq2seq", "train", "checkpoint", "gguf", "pretrained",
+    "core": ["attention", "layers", "model", "lora", "generate", "seq2seq", "train", "checkpoint", "gguf", "pretrained",
              "gemma"],
     "topic": ["text", "arithmetic", "vision", "audio", "music", "rag", "llm"],
     "entry": ["train_cli"],

@@ -17,6 +17,9 @@ One module per concern, every public name re-exported here (``from helpers impor
   :class:`ImageBatches`;
 * :mod:`~helpers.vision.classification` (06, and 05's judge): :class:`VisionTransformer`, :class:`ResNet`,
   :func:`predict`, :func:`accuracy`, :func:`attention_rollout`.
+* :mod:`~helpers.vision.diffusion` (12, imported as a module: ``from helpers.vision import diffusion as D``):
+  noise schedules, :func:`~helpers.vision.diffusion.q_sample`, DDPM and DDIM steps, classifier-free guidance,
+  the :class:`~helpers.vision.diffusion.DiT`, an EMA of weights, the Fréchet distance.
 
 Checkpoints written when all of this was one module name ``helpers.vision:PatchGPT`` and the like;
 those names resolve here too.
