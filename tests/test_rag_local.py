@@ -306,4 +306,4 @@ def test_extractive_answer_is_one_short_clean_sentence():
     assert ans.mode == "extractive" and ans.text.startswith("Extractive answer: \"In this work we employ h = 8") and 5 in ans.pages
     assert len(ans.text.split()) < 80
     adam = rag.answer(index, "Which optimizer was used, with which beta values?", mode="extractive")
-    assert adam.text.startswith('Extractive answer: "We used the Adam optimizer with β1 = 0.9') and adam.pages == [7]
+    assert adam.text.startswith('Extractive answer: "We used the Adam optimizer with β1 = 0.9') and 7 in adam.pages
