@@ -109,8 +109,8 @@ class Grounding:
             parts.append("numbers " + ", ".join(self.unsupported_numbers))
         if self.unsupported_terms:
             parts.append("terms " + ", ".join(self.unsupported_terms))
-        return "; ".join(parts) + " appear in no retrieved passage (numbers: with the words beside them)" if parts \
-            else "nothing in it is supported"
+        where = " appear in no retrieved passage" + (" beside the same words" if self.unsupported_numbers else "")
+        return "; ".join(parts) + where if parts else "nothing in it is supported"
 
 
 def ground(answer: str, question: str, passages: list[Hit], max_unsupported: float = 0.5) -> Grounding:
