@@ -307,3 +307,15 @@ def test_extractive_answer_is_one_short_clean_sentence():
     assert len(ans.text.split()) < 80
     adam = rag.answer(index, "Which optimizer was used, with which beta values?", mode="extractive")
     assert adam.text.startswith('Extractive answer: "We used the Adam optimizer with β1 = 0.9') and 7 in adam.pages
+
+
+def test_chunk_level_recall_and_mrr(topic_index):
+    q = rag.Question("topic", QUESTION, ("7431",), (4,))
+    ranks = rag.chunk_ranks(topic_index, [q])
+    metrics = rag.chunk_metrics(topic_index, [q])
+    for method in rag.METHODS:
+        r = ranks[method][0]
+        assert r is not None and metrics[method]["mrr"] == pytest.approx(1 / r)
+        assert metrics[method]["recall@3"] == float(r <= 3)
+    never = rag.Question("topic", QUESTION, ("no such fact",), (4,))
+    assert rag.chunk_metrics(topic_index, [never])["hybrid"] == {"recall@1": 0.0, "recall@3": 0.0, "mrr": 0.0}

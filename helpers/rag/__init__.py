@@ -34,6 +34,8 @@ from .chat import Chat, Turn, rewrite
 from .evaluation import (
     PAPER_QUESTIONS,
     answer_scores,
+    chunk_metrics,
+    chunk_ranks,
     evaluate_answers,
     hit_rates,
     judge,
@@ -72,7 +74,7 @@ from .retrieval import (
 )
 
 __all__ = [
-    "Answer", "answer", "asks_for_number", "clean_sentence", "number_in_context", "answer_scores", "evaluate_answers", "timed_answer", "BERT_PAPER", "BM25", "bm25_tokens", "build_messages", "Chat", "Chunk",
+    "Answer", "answer", "chunk_metrics", "chunk_ranks", "asks_for_number", "clean_sentence", "number_in_context", "answer_scores", "evaluate_answers", "timed_answer", "BERT_PAPER", "BM25", "bm25_tokens", "build_messages", "Chat", "Chunk",
     "chunk_pages", "cited_pages", "clean_pages", "DocumentIndex", "EncryptedPDFError", "EXAMPLE",
     "extractive_answer", "generated_answer", "ground", "Grounding", "Hit", "hit_rates", "judge", "key_terms",
     "local_embedder", "local_model", "LocalModel", "LocalModelError", "METHODS", "MODES", "normalise",
