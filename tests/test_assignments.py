@@ -43,7 +43,10 @@ def test_every_notebook_has_graded_exercises():
         nb = nbformat.read(path, 4)
         solutions = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("solution")]
         tests = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade")]
-        assert 2 <= len(solutions) <= 4 and len(tests) >= len(solutions), path.name
+        # at most 4, or 5 for notebook 10, whose five parts (windows, dense top-k, BM25, fusion, grounding) are
+        # each a short function a student writes; merging two would make one exercise test two ideas
+        most = 5 if path.name.startswith("10_") else 4
+        assert 2 <= len(solutions) <= most and len(tests) >= len(solutions), path.name
 
 
 @pytest.mark.parametrize("path", GRADED, ids=lambda p: p.stem)

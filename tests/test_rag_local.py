@@ -272,3 +272,50 @@ def test_colab_secret_fills_the_environment_and_is_never_printed(monkeypatch, ca
     assert not rag.use_colab_secret()
     printed = capsys.readouterr()
     assert "PermissionError" in printed.out and secret not in printed.out + printed.err
+
+
+def test_a_number_counts_only_in_its_context():
+    """A number is grounded where a passage holds it beside the same words, not anywhere in a passage."""
+    bert = [rag.Hit(13, "A.3 Fine-tuning Procedure For fine-tuning, most model hyperparameters are the same as in "
+                        "pre-training, with the exception of the batch size, learning rate, and number of training "
+                        "epochs.", 0, 0)]
+    assert rag.numbers(bert[0].text) >= {"3"}  # the old check passed: some "3" is in the passage
+    wrong = rag.ground("The batch size was 3. [p. 13]", "What batch size was used for pre-training?", bert)
+    assert not wrong.supported and wrong.unsupported_numbers == ["3"]
+    heads = [rag.Hit(5, "In this work we employ h = 8 parallel attention layers, or heads.", 0, 0),
+             rag.Hit(4, "These are concatenated, as depicted in Figure 2.", 0, 1)]
+    q = "How many parallel attention heads does the model use?"
+    two = rag.ground("The model uses 2 parallel attention layers, each with 8 heads.", q, heads)
+    assert not two.supported and two.unsupported_numbers == ["2"]
+    right = rag.ground("The model uses 8 parallel attention layers.", q, heads)
+    assert right.supported and right.pages == [5]
+    assert rag.number_in_context("8", "8 heads", heads[0].text) and not rag.number_in_context("2", "2 heads", heads[1].text)
+
+
+def test_extractive_answer_is_one_short_clean_sentence():
+    assert rag.clean_sentence("5.3 Optimizer We used the Adam optimizer [20] with β1 = 0.9.") == \
+        "We used the Adam optimizer with β1 = 0.9."
+    assert rag.clean_sentence("3.1 Encoder and Decoder Stacks Encoder: The encoder is a stack of N = 6 layers.") == \
+        "The encoder is a stack of N = 6 layers."
+    assert rag.asks_for_number("How many heads?") and not rag.asks_for_number("Which optimizer was used?")
+    try:
+        index = rag.DocumentIndex.from_pdf(rag.paper_path())
+    except Exception as err:
+        pytest.skip(f"the paper is not available here: {err}")
+    ans = rag.answer(index, "How many parallel attention heads does the model use?", mode="extractive")
+    assert ans.mode == "extractive" and ans.text.startswith("Extractive answer: \"In this work we employ h = 8") and 5 in ans.pages
+    assert len(ans.text.split()) < 80
+    adam = rag.answer(index, "Which optimizer was used, with which beta values?", mode="extractive")
+    assert adam.text.startswith('Extractive answer: "We used the Adam optimizer with β1 = 0.9') and 7 in adam.pages
+
+
+def test_chunk_level_recall_and_mrr(topic_index):
+    q = rag.Question("topic", QUESTION, ("7431",), (4,))
+    ranks = rag.chunk_ranks(topic_index, [q])
+    metrics = rag.chunk_metrics(topic_index, [q])
+    for method in rag.METHODS:
+        r = ranks[method][0]
+        assert r is not None and metrics[method]["mrr"] == pytest.approx(1 / r)
+        assert metrics[method]["recall@3"] == float(r <= 3)
+    never = rag.Question("topic", QUESTION, ("no such fact",), (4,))
+    assert rag.chunk_metrics(topic_index, [never])["hybrid"] == {"recall@1": 0.0, "recall@3": 0.0, "mrr": 0.0}

@@ -22,7 +22,9 @@ from .answers import (
     SYSTEM_PROMPT,
     Answer,
     answer,
+    asks_for_number,
     build_messages,
+    clean_sentence,
     cited_pages,
     extractive_answer,
     generated_answer,
@@ -32,13 +34,15 @@ from .chat import Chat, Turn, rewrite
 from .evaluation import (
     PAPER_QUESTIONS,
     answer_scores,
+    chunk_metrics,
+    chunk_ranks,
     evaluate_answers,
     hit_rates,
     judge,
     retrieved_pages,
     timed_answer,
 )
-from .grounding import Grounding, ground, key_terms, numbers, strip_citations
+from .grounding import Grounding, ground, key_terms, number_in_context, numbers, strip_citations
 from .local import LocalModel, LocalModelError, local_model, sentence_end
 from .openai_api import OpenAIChat, openai_client_from_env, use_colab_secret
 from .pdf import (
@@ -70,7 +74,7 @@ from .retrieval import (
 )
 
 __all__ = [
-    "Answer", "answer", "answer_scores", "evaluate_answers", "timed_answer", "BERT_PAPER", "BM25", "bm25_tokens", "build_messages", "Chat", "Chunk",
+    "Answer", "answer", "chunk_metrics", "chunk_ranks", "asks_for_number", "clean_sentence", "number_in_context", "answer_scores", "evaluate_answers", "timed_answer", "BERT_PAPER", "BM25", "bm25_tokens", "build_messages", "Chat", "Chunk",
     "chunk_pages", "cited_pages", "clean_pages", "DocumentIndex", "EncryptedPDFError", "EXAMPLE",
     "extractive_answer", "generated_answer", "ground", "Grounding", "Hit", "hit_rates", "judge", "key_terms",
     "local_embedder", "local_model", "LocalModel", "LocalModelError", "METHODS", "MODES", "normalise",

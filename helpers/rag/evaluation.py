@@ -112,3 +112,25 @@ def evaluate_answers(indexes: dict, questions: list[Question], **answer_kwargs) 
         result, first, total = timed_answer(indexes[q.paper], q.question, **answer_kwargs)
         rows.append(dict(judge(result, q), first_s=first, total_s=total, answer=result, question=q))
     return rows
+
+
+def chunk_ranks(index: DocumentIndex, questions: list[Question]) -> dict[str, list[int | None]]:
+    """For each method, each question's rank (1 = first) of its first *relevant chunk*: a chunk on a page that
+    holds the answer and whose text states the fact (:func:`states_fact`); None when no chunk is relevant.
+    About 7 chunks share a page, so a page hit can be a chunk that does not hold the fact."""
+    out = {m: [] for m in METHODS}
+    for q in questions:
+        relevant = torch.tensor([c.page in q.pages and states_fact(c.text, q.fact) for c in index.chunks])  # (N,)
+        for method in METHODS:
+            order = index.scores(q.question, method).argsort(descending=True)  # (N,) best first
+            where = relevant[order].nonzero().flatten()
+            out[method].append(int(where[0]) + 1 if len(where) else None)
+    return out
+
+
+def chunk_metrics(index: DocumentIndex, questions: list[Question], ks=(1, 3)) -> dict[str, dict[str, float]]:
+    """Chunk-level retrieval: ``recall@k``, the share of questions with a relevant chunk (see
+    :func:`chunk_ranks`) among the top k, and ``mrr``, the mean of 1 / that chunk's rank (0 when none)."""
+    ranks = chunk_ranks(index, questions)
+    return {m: {**{f"recall@{k}": sum(r is not None and r <= k for r in rs) / len(rs) for k in ks},
+                "mrr": sum(1 / r for r in rs if r is not None) / len(rs)} for m, rs in ranks.items()}

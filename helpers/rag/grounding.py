@@ -4,8 +4,11 @@ its answer, and whether the answer's numbers and key terms appear in any of them
 A small model copies numbers wrongly, invents names and writes any page number it likes. So the pages an
 answer cites are computed here from the passages that hold the answer's numbers and rare words, whatever the
 model wrote, and an answer with a number or too many key terms that no passage holds is flagged as ungrounded.
-This catches invention, not misreading: a wrong number that *is* in a passage (the big model's dropout given
-for the base model's) passes.
+A number counts as grounded only where a passage holds it *in the same context*: at least one of the words
+next to it in the answer (its unit, the noun it counts) is also next to it in the passage. "The batch size was
+3" is not grounded by a passage whose only "3" is in "3e-5", nor "2 parallel attention layers" by "Figure 2".
+This catches invention and numbers moved from one context to another, not every misreading: a wrong number
+that a passage holds beside the same words (the big model's dropout given for the base model's) passes.
 """
 
 from __future__ import annotations
@@ -41,6 +44,43 @@ def numbers(text: str) -> set[str]:
     return {m.rstrip(".") for m in re.findall(r"\d+(?:\.\d+)?", text)}
 
 
+_TOKEN = re.compile(r"\d+(?:\.\d+)?|[a-z]+")
+
+
+def _context_tokens(text: str) -> list[str]:
+    """Words and numbers in order, as the context check reads them: lower case, NFKC, no thousands separators,
+    decimals whole ('0.1'), plural 's' stripped; stop words and generic words dropped, so that distances
+    are counted in content words ('the launch code of the project is 7431': 'code' is 2 from '7431')."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = re.sub(r"(?<=\d),(?=\d{3}\b)", "", text)
+    out = []
+    for t in _TOKEN.findall(text):
+        if not t[0].isdigit():
+            t = bm25_tokens(t)
+            t = t[0] if t and t[0] not in GENERIC and len(t[0]) > 1 else None
+        if t:
+            out.append(t)
+    return out
+
+
+def _neighbours(tokens: list, number: str, width: int) -> list[set[str]]:
+    """For each place ``number`` stands in ``tokens``: the words within ``width`` positions of it."""
+    return [{t for t in tokens[max(0, i - width):i + width + 1] if t and not t[0].isdigit()}
+            for i, t in enumerate(tokens) if t == number]
+
+
+def number_in_context(number: str, answer: str, passage: str, answer_width: int = 3,
+                      passage_width: int = 5) -> bool:
+    """Whether ``passage`` holds ``number`` beside at least one of the words that stand beside it in ``answer``
+    (within ``answer_width`` positions there, ``passage_width`` in the passage). A number with no word near
+    it in the answer only has to be in the passage."""
+    where = _neighbours(_context_tokens(passage), number, passage_width)
+    if not where:
+        return False
+    wanted = set().union(set(), *_neighbours(_context_tokens(answer), number, answer_width))
+    return not wanted or any(wanted & found for found in where)
+
+
 def key_terms(answer: str, question: str) -> list[str]:
     """The answer's content words that the question does not already hold (bm25_tokens forms, no numbers,
     no generic words): what the answer claims beyond the question."""
@@ -69,13 +109,15 @@ class Grounding:
             parts.append("numbers " + ", ".join(self.unsupported_numbers))
         if self.unsupported_terms:
             parts.append("terms " + ", ".join(self.unsupported_terms))
-        return "; ".join(parts) + " appear in no retrieved passage" if parts else "nothing in it is supported"
+        where = " appear in no retrieved passage" + (" beside the same words" if self.unsupported_numbers else "")
+        return "; ".join(parts) + where if parts else "nothing in it is supported"
 
 
 def ground(answer: str, question: str, passages: list[Hit], max_unsupported: float = 0.5) -> Grounding:
     """Check an answer (its own citations stripped) against the passages its generator was given.
 
-    * every number of the answer that is not in the question must appear in some passage;
+    * every number of the answer that is not in the question must appear in some passage beside one of the
+      words that stand beside it in the answer (:func:`number_in_context`);
     * of its key terms (:func:`key_terms`), at most a share ``max_unsupported`` may appear in no passage;
     * its pages are those of the passages with the highest support: the sum, over the answer's numbers and
       key terms that a passage holds, of their weights (a number 3, a word the log of how rare it is among
@@ -86,12 +128,14 @@ def ground(answer: str, question: str, passages: list[Hit], max_unsupported: flo
     passage_tokens = [set(bm25_tokens(p.text)) for p in passages]
     wanted_numbers = sorted(numbers(answer) - numbers(question))
     terms = key_terms(answer, question)
-    missing_numbers = [n for n in wanted_numbers if not any(n in found for found in passage_numbers)]
+    held = [[n in found and number_in_context(n, answer, p.text) for n in wanted_numbers]
+            for p, found in zip(passages, passage_numbers, strict=True)]  # (P, numbers)
+    missing_numbers = [n for j, n in enumerate(wanted_numbers) if not any(row[j] for row in held)]
     missing_terms = [t for t in terms if not any(t in tokens for tokens in passage_tokens)]
 
     support = []
-    for found, tokens in zip(passage_numbers, passage_tokens, strict=True):
-        score = 3.0 * sum(n in found for n in wanted_numbers)
+    for row, tokens in zip(held, passage_tokens, strict=True):
+        score = 3.0 * sum(row)
         for t in terms:
             if t in tokens:
                 holders = sum(t in other for other in passage_tokens)
