@@ -13,7 +13,7 @@ HELPERS = Path(__file__).resolve().parents[1] / "helpers"
 LAYERS = {
     "ground": ["distributed", "config", "files", "data", "recipes", "plotting"],
     "core": ["attention", "model", "lora", "generate", "seq2seq", "train", "checkpoint", "gguf", "pretrained"],
-    "topic": ["text", "arithmetic", "vision", "audio", "music", "rag", "llm"],
+    "topic": ["text", "arithmetic", "vision", "audio", "music", "rag", "llm", "post_training"],
     "entry": ["train_cli"],
 }
 ORDER = [name for names in LAYERS.values() for name in names]
