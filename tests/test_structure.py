@@ -14,7 +14,7 @@ LAYERS = {
     "ground": ["distributed", "config", "files", "data", "recipes", "plotting"],
     "core": ["attention", "layers", "model", "lora", "generate", "seq2seq", "train", "checkpoint", "gguf", "pretrained",
              "gemma"],
-    "topic": ["text", "arithmetic", "vision", "audio", "music", "rag", "llm"],
+    "topic": ["text", "arithmetic", "vision", "audio", "music", "rag", "llm", "post_training"],
     "entry": ["train_cli"],
 }
 ORDER = [name for names in LAYERS.values() for name in names]
