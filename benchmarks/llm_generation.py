@@ -14,6 +14,18 @@ after). Reported: the prefill (the prompt in one pass, up to the first new token
 utilisation against benchmarks/peak_matmul.py's peak for that dtype, the decoding rate in new tokens per second
 (tokens 2..N over the time after the first), whether both produce identical tokens, and the peak memory of
 loading our model. The last line is the result.
+
+Why our decoding is fast (moved here from notebook 09, which keeps only the measured lesson: a decode step reads
+every weight once, so its tokens per second are bound by memory bandwidth). Beyond reading the weights, a step of a
+small model on a CPU pays the fixed cost of each operation PyTorch launches, a few microseconds each: the model's
+general ``forward`` (masks, shape checks, module calls) launches about 60 per block, 30 blocks per token.
+``stream`` therefore runs each new token through ``helpers.generate.DecodeStep``: the weights gathered once, about
+20 operations per block, the same arithmetic in the same order, so its logits equal the forward's to the last bit
+(``tests/test_llm.py`` checks it, with two caches filled by the same prompt). In bfloat16 the weights are half the
+bytes, but PyTorch's own bfloat16 product of one row by a matrix is slower than the memory allows on common CPUs;
+``DecodeStep`` reorders each bfloat16 matrix once into oneDNN's blocked layout
+(``torch.ops.mkldnn._reorder_linear_weight``), which a one-row product reads faster, with the results of
+``F.linear``.
 """
 
 from __future__ import annotations

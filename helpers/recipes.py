@@ -154,11 +154,11 @@ MUSIC_GENERATION = _profiles(
 # steps) on the validation split's last 11,540 characters, which the reported loss never reads: 1.183, 1.168, 1.175
 MODERN_LLM = _profiles(
     dict(eval_block=256, r=8, alpha=16, lr=3e-3),
-    ci=dict(reference="helpers", greedy_tokens=8, sample_tokens=12, chat_tokens=24, val_chars=2_000, lora_layers=2,
+    ci=dict(reference="helpers", bits_chars=2_000, greedy_tokens=8, sample_tokens=12, chat_tokens=24, val_chars=2_000, lora_layers=2,
             block_size=32, batch_size=2, steps=2, time_limit=60),
-    cpu=dict(reference="gguf", greedy_tokens=64, sample_tokens=40, chat_tokens=120, val_chars=20_000,
+    cpu=dict(reference="gguf", bits_chars=2_000, greedy_tokens=64, sample_tokens=30, chat_tokens=60, val_chars=20_000,
              lora_layers=4, block_size=128, batch_size=8, steps=140, time_limit=420),
-    gpu=dict(reference="gguf", greedy_tokens=64, sample_tokens=60, chat_tokens=200, val_chars=100_000,
+    gpu=dict(reference="gguf", bits_chars=20_000, greedy_tokens=64, sample_tokens=60, chat_tokens=200, val_chars=100_000,
              lora_layers=30, block_size=256, batch_size=16, steps=600, lr=1e-3, time_limit=900),  # (not yet run)
 )
 
