@@ -199,6 +199,8 @@ POST_TRAINING = _profiles(
     # launching kernels, and the samples are decoded on the CPU: a few minutes on a T4
     gpu=dict(sft_steps=800, budget_steps=600, n_test=1000, n_val=300, pool=200_000, curve_points=8,
              curve_problems=300, lora_layers=8, llm_steps=40, llm_batch=6, dpo_pairs=8, held_out=10, chat_tokens=64),
+)
+
 # 12 · diffusion transformer: `model` is the DiT (patches of 4x4 on 28x28 digits, 49 tokens), trained `steps` of
 # `batch_size` with an EMA of its weights (`ema_decay`), one label in ten dropped (`class_dropout`) for guidance;
 # `gpt` is notebook 05's best class-conditional generator (the discrete prefix model, its profile's model and

@@ -215,7 +215,7 @@ def extractive_answer(index: DocumentIndex, question: str, hits: list[Hit], n_se
     total = sum(idf.values()) or 1.0
     number = asks_for_number(question)
     scores = []
-    for (page, clause), cosine in zip(candidates, cosines.tolist(), strict=True):
+    for (_page, clause), cosine in zip(candidates, cosines.tolist(), strict=True):
         tokens = set(bm25_tokens(clause))
         terms = sum(w for t, w in idf.items() if t in tokens) / total
         kind = (1.0 if _fresh_numbers(clause, question) else -1.0) if number else 0.0
