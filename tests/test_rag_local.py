@@ -220,10 +220,13 @@ def test_bert_is_registered_pinned_and_readable():
 
 def test_every_fact_is_on_its_pages():
     """The question set is consistent with the papers: each fact's key terms are on the pages it names."""
-    assert len([q for q in rag.QUESTIONS if q.paper == "attention"]) == 30
-    assert len([q for q in rag.QUESTIONS if q.paper == "bert"]) >= 15
-    assert rag.PAPER_QUESTIONS == [(q.question, q.pages) for q in rag.QUESTIONS if q.paper == "attention"]
-    assert {q.split for q in rag.QUESTIONS} == {"dev", "test"}
+    from collections import Counter
+
+    assert Counter((q.paper, q.split) for q in rag.QUESTIONS) == \
+        {("attention", "dev"): 30, ("bert", "dev"): 16, ("attention", "test"): 16, ("bert", "test"): 14}
+    assert rag.PAPER_QUESTIONS == [(q.question, q.pages) for q in rag.QUESTIONS
+                                   if q.paper == "attention" and q.split == "dev"]
+    assert len({q.question for q in rag.QUESTIONS}) == len(rag.QUESTIONS)  # no question asked twice
     try:
         pages = {name: rag.clean_pages(rag.read_pdf(rag.paper_path(name))) for name in rag.PAPERS}
     except Exception as err:

@@ -15,7 +15,7 @@ from .retrieval import METHODS, DocumentIndex, _check_question, reciprocal_rank_
 
 # --------------------------------------------------------------------------- retrieval
 
-# The questions on "Attention Is All You Need" (the arXiv v5 PDF), each with the page(s) that state the
+# The 30 development questions on "Attention Is All You Need" (the arXiv v5 PDF), each with the page(s) that state the
 # answer (helpers/rag/questions.py holds them with their facts, and the questions on BERT).
 PAPER_QUESTIONS: list[tuple[str, tuple[int, ...]]] = [(q.question, q.pages) for q in ATTENTION]
 

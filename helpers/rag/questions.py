@@ -1,6 +1,10 @@
 """The question set of notebook 10: questions on the two mirrored papers, each with the fact its answer must
-state and the pages that hold it, split once into a development half (to choose the prompt, the context and
-the decoding) and a held-out half (reported once).
+state and the pages that hold it, in two sets: development questions (46: every choice of the prompt, the
+context, the decoding and the extractive answer is made on them) and held-out questions (30, reported once).
+
+The held-out questions were written after the development ones had been used for tuning, by reading the papers'
+cleaned pages only, without running any answering code: each fact was checked against the sentence of the paper
+that states it and against every page listed.
 
 A **fact** is a tuple of required key terms; a term is a string or a tuple of alternatives. An answer
 *states the fact* when every term appears in it after :func:`normalise` (see :func:`states_fact`).
@@ -26,10 +30,8 @@ class Question:
     split: str = "dev"  # "dev" or "test"
 
 
-def _questions(paper: str, rows) -> list[Question]:
-    """Alternate the rows between the two halves: the even ones are dev, the odd ones held out."""
-    return [Question(paper, q, tuple(fact), tuple(pages), "dev" if i % 2 == 0 else "test")
-            for i, (q, fact, pages) in enumerate(rows)]
+def _questions(paper: str, rows, split: str) -> list[Question]:
+    return [Question(paper, q, tuple(fact), tuple(pages), split) for q, fact, pages in rows]
 
 
 ATTENTION = _questions("attention", [
@@ -71,7 +73,7 @@ ATTENTION = _questions("attention", [
     ("Where is the code used to train and evaluate the models available?", ["tensor2tensor"], (10,)),
     ("Which input and output modalities do the authors plan to extend the Transformer to?",
      ["image*", "audio", "video"], (10,)),
-])
+], "dev")
 
 BERT = _questions("bert", [
     ("What does BERT stand for?", ["bidirectional encoder representations from transformers"], (1,)),
@@ -90,9 +92,62 @@ BERT = _questions("bert", [
     ("What Test F1 does BERT reach on SQuAD v1.1?", ["93.2"], (1, 7)),
     ("What dropout probability is used in pre-training?", ["0.1"], (13,)),
     ("In next sentence prediction, how often is sentence B the actual next sentence?", ["50 percent"], (4, 13)),
-])
+], "dev")
 
-QUESTIONS: list[Question] = ATTENTION + BERT
+# The held-out questions, answered once (see the module's docstring)
+ATTENTION_TEST = _questions("attention", [
+    ("What is the output dimension of every sub-layer and embedding layer in the Transformer?", ["512"], (3, 5)),
+    ("Which normalisation is applied after the residual connection around each sub-layer?",
+     [("layer normalization", "layer normalisation", "layernorm", "layer norm")], (3,)),
+    ("How does the number of operations needed to relate two distant positions grow in ConvS2S and in ByteNet?",
+     ["linear*", "logarithm*"], (2,)),
+    ("What do the authors use to counteract the reduced effective resolution caused by averaging "
+     "attention-weighted positions?",
+     [("multi head", "multihead")], (2,)),
+    ("What is the dimension of the keys and values used in each attention head?", ["64"], (5,)),
+    ("Which activation function is used between the two linear transformations of the feed-forward network?",
+     ["relu"], (5,)),
+    ("Why did the authors expect the sinusoidal encoding to let the model attend by relative positions easily?",
+     [("linear function", "linearly")], (6,)),
+    ("When is a self-attention layer computationally cheaper than a recurrent layer?",
+     ["sequence length", ("smaller", "less", "shorter", "fewer", "lower"), "dimension*"], (6,)),
+    ("How large is the shared source-target byte-pair vocabulary for English-German?", ["37000"], (7,)),
+    ("Roughly how many source tokens and target tokens does each training batch hold?", ["25000"], (7,)),
+    ("For how many training steps were the big Transformer models trained?", [("300000", "300k")], (7,)),
+    ("What maximum output length was allowed during translation inference?", ["input length", "50"], (8,)),
+    ("What effect does label smoothing have on perplexity?",
+     [("hurt*", "worse*", "increas*", "higher", "degrad*"), "perplexity"], (8,)),
+    ("What vocabulary sizes were used for the WSJ-only and the semi-supervised parsing settings?",
+     [("16k", "16000"), ("32k", "32000")], (10,)),
+    ("Which beam size and alpha were used for constituency parsing?", ["21", "0.3"], (10,)),
+    ("Which previously reported parser still did better than the Transformer on WSJ parsing?",
+     [("recurrent neural network grammar", "rnng")], (10,)),
+], "test")
+
+BERT_TEST = _questions("bert", [
+    ("What feed-forward (filter) size does BERT use when the hidden size is 768?", ["3072"], (3,)),
+    ("How is the input representation of a token built in BERT?", ["sum*", "segment*", "position*"], (4, 5)),
+    ("Why is a document-level corpus preferred over a shuffled sentence-level corpus for pre-training?",
+     ["contiguous"], (5,)),
+    ("How long at most does it take to reproduce the paper's fine-tuning results on a single Cloud TPU?",
+     ["1 hour"], (5,)),
+    ("Why did the authors run several random restarts when fine-tuning BERT-large on GLUE?",
+     [("unstable", "instab*"), "small"], (6,)),
+    ("How does BERT handle SQuAD 2.0 questions that have no answer?", ["start", "end", "cls"], (7,)),
+    ("For how many epochs and with what batch size was BERT fine-tuned on SQuAD 2.0?", ["2 epochs", "48"], (7,)),
+    ("On which tasks does removing next sentence prediction hurt performance significantly?",
+     ["qnli", "mnli", "squad"], (8,)),
+    ("How many labeled training examples does MRPC have?", ["3600"], (8,)),
+    ("Which feature-based approach worked best for NER?", ["concat*", "4"], (9, 16)),
+    ("What is the purpose of sometimes keeping the selected word unchanged in the masking procedure?",
+     ["bias*", ("observed", "actual")], (12,)),
+    ("What shorter sequence length was used for most of the pre-training steps?", ["128"], (13,)),
+    ("What majority-class baseline accuracy has every GLUE submission failed to beat on WNLI?", ["65.1"], (15,)),
+    ("How much additional MNLI accuracy does BERT-base gain from 1M rather than 500k pre-training steps?",
+     [("1.0 percent", "1 percent")], (16,)),
+], "test")
+
+QUESTIONS: list[Question] = ATTENTION + BERT + ATTENTION_TEST + BERT_TEST
 
 
 # --------------------------------------------------------------------------- states the fact
