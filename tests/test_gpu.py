@@ -148,7 +148,8 @@ def test_a_local_rag_answer_on_cuda(tmp_path, monkeypatch, smollm2_cpu_and_cuda)
     rag.local_model.cache_clear()
     try:
         index = rag.DocumentIndex.from_pdf(topic_pdf(tmp_path / "notes.pdf"), max_words=40, overlap_words=10)
-        ans = rag.answer(index, "What is the secret launch code of the Zephyr project?", n_sentences=1)
+        ans = rag.answer(index, "What is the secret launch code of the Zephyr project?", mode="local",
+                         n_sentences=1)
         assert rag.local_model().model.wte.weight.is_cuda
         assert ans.mode == "local" and ans.grounded and "7431" in ans.text and ans.pages == [4]
     finally:

