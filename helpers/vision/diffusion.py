@@ -23,7 +23,7 @@ from torch import nn
 
 from ..config import draw
 from ..model import AdaLNFinal, Encoder, init_weights, transformer_config
-from .patches import _as_bchw, patchify, unpatchify
+from .patches import PatchGrid, _as_bchw, patchify, unpatchify
 
 SCHEDULES = ("linear", "cosine")
 
@@ -146,7 +146,7 @@ def sincos_2d(side: int, dim: int) -> torch.Tensor:
 
 
 @dataclass
-class DiTConfig:
+class DiTConfig(PatchGrid):
     image_size: int = 28
     channels: int = 1
     patch_size: int = 4
@@ -168,14 +168,6 @@ class DiTConfig:
             raise ValueError(f"schedule={self.schedule!r}; use one of {', '.join(SCHEDULES)}")
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size={self.patch_size} does not divide image_size={self.image_size}")
-
-    @property
-    def n_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    @property
-    def patch_dim(self) -> int:
-        return self.channels * self.patch_size**2
 
 
 class DiT(nn.Module):

@@ -17,13 +17,13 @@ from torch import nn
 
 from ..config import draw
 from ..model import GPT, transformer_config
-from .patches import _as_bchw, dequantize, patchify, quantize, unpatchify
+from .patches import PatchGrid, _as_bchw, dequantize, patchify, quantize, unpatchify
 
 CONDITIONINGS = ("prefix", "cross")
 
 
 @dataclass
-class PatchGPTConfig:
+class PatchGPTConfig(PatchGrid):
     image_size: int = 28
     channels: int = 1
     patch_size: int = 4
@@ -40,14 +40,6 @@ class PatchGPTConfig:
     def __post_init__(self):
         if self.conditioning not in CONDITIONINGS:
             raise ValueError(f"conditioning={self.conditioning!r}; use one of {', '.join(CONDITIONINGS)}")
-
-    @property
-    def n_patches(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
-
-    @property
-    def patch_dim(self) -> int:
-        return self.channels * self.patch_size**2
 
 
 class PatchGPT(nn.Module):

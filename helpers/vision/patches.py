@@ -12,6 +12,19 @@ import torch
 # --------------------------------------------------------------------------- patches
 
 
+class PatchGrid:
+    """The sizes of a config's patch sequence, from its ``image_size``, ``patch_size`` and ``channels``
+    (notebook 05's ``PatchGPTConfig`` and notebook 12's ``DiTConfig``)."""
+
+    @property
+    def n_patches(self) -> int:
+        return (self.image_size // self.patch_size) ** 2
+
+    @property
+    def patch_dim(self) -> int:
+        return self.channels * self.patch_size**2
+
+
 def _as_bchw(images: torch.Tensor) -> torch.Tensor:
     if images.dim() == 3:  # (B, H, W): one channel, as MNIST
         images = images.unsqueeze(1)
